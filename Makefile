@@ -1,0 +1,33 @@
+# DeepSynth developer commands. `make demo` and `make test` set up .venv themselves.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned: on Linux x86-64 PyPI serves a CUDA build, and on a CPU-only machine
+# with a local wheel index (like ours) pip takes the CPU build. DeepSpeed compiles against the
+# torch already installed, hence --no-build-isolation for the project install.
+TORCH := torch==2.13.0
+
+.PHONY: setup demo test test-slow test-gpu clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)" "setuptools>=68" wheel
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/python -m ray_jobs.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+test-gpu: setup
+	$(BIN)/python -m pytest -m gpu
+
+clean:
+	rm -rf $(VENV) .deepsynth

@@ -1,0 +1,1 @@
+"""Documents, page images, datasets and batches. Nothing in this package knows a model's weights."""

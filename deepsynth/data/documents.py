@@ -1,0 +1,229 @@
+"""Turn user-supplied files into page images, refusing bad input before it costs memory.
+
+This is the model-agnostic entry point for documents that arrive as files rather than text:
+one PDF, or one or more PNG/JPEG images (one page each, in the given order), become a list of
+RGB `PIL.Image.Image` pages. The format is read from the file's magic bytes, never from a
+filename or content type. Every limit in `DocumentLimits` is checked on the cheap metadata
+first (byte length, page count, page size from the PDF or the image header) so a
+decompression bomb or a 10,000-page PDF is refused before anything is rendered or decoded.
+A refusal is a `DocumentError` whose `status` is the HTTP status the server answers with.
+
+    pages = load_document([request_file_bytes], DocumentLimits(max_pages=16))
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pypdfium2
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS = ("pdf", "png", "jpeg")
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# PDF readers accept the %PDF- header anywhere in the first 1024 bytes, and some real files
+# carry a few bytes of junk before it (mail gateways, broken exporters).
+_PDF_HEADER_WINDOW = 1024
+
+# PDFium is not thread-safe (see the pypdfium2 docs) and a server may call us from a thread
+# pool, so only one thread at a time touches it in this process.
+_PDFIUM_LOCK = threading.Lock()
+
+
+class DocumentError(ValueError):
+    """A document that we refuse; the message says what was wrong and what to do.
+
+    `status` is the HTTP status a server maps this to: 413 for too large (bytes, pages, pixels),
+    415 for an unsupported format, 400 for a corrupt or unreadable file.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __reduce__(self):
+        # Ray ships exceptions between processes by pickling; the default reduce would
+        # rebuild from the message alone and lose `status`.
+        return (type(self), (str(self), self.status))
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """What one request may ask us to decode. The defaults fit a summarization server."""
+
+    max_bytes: int = 32 * 1024 * 1024
+    """Largest accepted file, in bytes (per file)."""
+    max_pages: int = 64
+    """Most pages per document: the pages of the PDF, or the number of image files."""
+    max_pixels: int = 40_000_000
+    """Most pixels per page after rendering; guards against decompression bombs."""
+    pdf_dpi: int = 144
+    """Resolution PDF pages are rendered at. 144 dpi turns a US Letter page into 1224x1584 px."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pages", "max_pixels"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"DocumentLimits.{name} must be a positive integer, got {value}.")
+        if not 36 <= self.pdf_dpi <= 600:
+            raise ValueError(
+                f"DocumentLimits.pdf_dpi must be in [36, 600], got {self.pdf_dpi}; "
+                "144 is a good default for text pages."
+            )
+
+
+def sniff_format(data: bytes) -> str:
+    """Return "pdf", "png" or "jpeg" from the file's magic bytes, or raise DocumentError (415)."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if b"%PDF-" in data[:_PDF_HEADER_WINDOW]:
+        return "pdf"
+    raise DocumentError(
+        f"Unsupported file format; send a PDF, PNG or JPEG file (accepted: {', '.join(ACCEPTED_FORMATS)}).",
+        status=415,
+    )
+
+
+def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits()) -> list[Image.Image]:
+    """Render every page of a PDF to an RGB image at `limits.pdf_dpi`.
+
+    The page count and every page's pixel size are checked before the first page is rendered.
+    """
+    _check_bytes(data, limits)
+    scale = limits.pdf_dpi / 72  # PDF sizes are in points, 72 to the inch
+    with _PDFIUM_LOCK:
+        try:
+            pdf = pypdfium2.PdfDocument(data)
+        except pypdfium2.PdfiumError as err:
+            raise DocumentError(
+                f"The file is not a readable PDF ({err}); send an unencrypted, undamaged PDF.", status=400
+            ) from None
+        try:
+            if len(pdf) > limits.max_pages:
+                raise DocumentError(
+                    f"The PDF has {len(pdf)} pages, more than the limit of {limits.max_pages}; "
+                    "split it into smaller documents.",
+                    status=413,
+                )
+            for index in range(len(pdf)):
+                width, height = pdf.get_page_size(index)
+                # Same rounding as PdfPage.render, so the check sees the bitmap that would be allocated.
+                pixel_size = (math.ceil(width * scale), math.ceil(height * scale))
+                _check_pixels(*pixel_size, limits, f"Page {index + 1} at {limits.pdf_dpi} dpi")
+            pages = []
+            for index in range(len(pdf)):
+                page = pdf[index]
+                try:
+                    pages.append(page.render(scale=scale).to_pil().convert("RGB"))
+                finally:
+                    page.close()
+            return pages
+        except pypdfium2.PdfiumError as err:
+            raise DocumentError(f"The PDF is damaged ({err}); re-export it and send it again.", status=400) from None
+        finally:
+            pdf.close()
+
+
+def load_image_page(data: bytes, limits: DocumentLimits = DocumentLimits()) -> Image.Image:
+    """Decode one PNG or JPEG file to an upright RGB page."""
+    return _decode_image(_open_image(data, limits))
+
+
+def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimits()) -> list[Image.Image]:
+    """Turn the files of one document into its pages: one PDF, or one or more images in page order.
+
+    All files are checked (size, format, page count, image headers) before any is decoded.
+    """
+    if not files:
+        raise DocumentError("No files were sent; send one PDF or one or more PNG/JPEG images.", status=400)
+    for data in files:
+        _check_bytes(data, limits)
+    formats = [sniff_format(data) for data in files]
+    if "pdf" in formats:
+        if len(files) > 1:
+            raise DocumentError(
+                f"A document is one PDF or one or more images, got {len(files)} files of formats {formats}; "
+                "send each PDF as its own document, and images without a PDF.",
+                status=400,
+            )
+        return load_pdf_pages(files[0], limits)
+    if len(files) > limits.max_pages:
+        raise DocumentError(
+            f"The document has {len(files)} pages (one per image), more than the limit of {limits.max_pages}; "
+            "split it into smaller documents.",
+            status=413,
+        )
+    # Open every header first so a bomb on the last page is refused before the first is decoded.
+    images = [_open_image(data, limits) for data in files]
+    return [_decode_image(image) for image in images]
+
+
+def _check_bytes(data: bytes, limits: DocumentLimits) -> None:
+    if len(data) > limits.max_bytes:
+        raise DocumentError(
+            f"The file is {len(data):,} bytes, more than the limit of {limits.max_bytes:,} bytes; "
+            "send a smaller file.",
+            status=413,
+        )
+
+
+def _check_pixels(width: int, height: int, limits: DocumentLimits, what: str) -> None:
+    if width * height > limits.max_pixels:
+        raise DocumentError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{limits.max_pixels:,} pixels per page; send a smaller page.",
+            status=413,
+        )
+
+
+def _open_image(data: bytes, limits: DocumentLimits) -> Image.Image:
+    """Read only the header of a PNG/JPEG and check its size; the pixels are decoded later."""
+    _check_bytes(data, limits)
+    image_format = sniff_format(data)
+    if image_format == "pdf":
+        raise DocumentError("Expected a PNG or JPEG image but got a PDF; send the PDF as its own document.", status=415)
+    try:
+        image = Image.open(io.BytesIO(data), formats=[image_format.upper()])
+    except Image.DecompressionBombError:
+        # Pillow refuses headers above 2 * MAX_IMAGE_PIXELS before we see the size; we know
+        # only that bound. Its "DOS attack" wording is not for our users. Smaller images past
+        # Pillow's own warning threshold get refused by _check_pixels below, as long as
+        # max_pixels stays under Pillow's limit (the default does).
+        raise DocumentError(
+            f"The image is more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, more than the limit of "
+            f"{limits.max_pixels:,} pixels per page; send a smaller page.",
+            status=413,
+        ) from None
+    except OSError as err:
+        raise DocumentError(
+            f"The {image_format.upper()} file is corrupt or truncated ({err}); send the original file.", status=400
+        ) from None
+    _check_pixels(image.width, image.height, limits, "The image")
+    return image
+
+
+def _decode_image(image: Image.Image) -> Image.Image:
+    # ImageFile.LOAD_TRUNCATED_IMAGES stays False: a truncated file must fail here rather than
+    # silently decode to a half-grey page that the model would summarize.
+    try:
+        image.load()
+    except (OSError, SyntaxError) as err:  # Pillow's PNG reader raises SyntaxError on broken chunks
+        raise DocumentError(
+            f"The {image.format} file is corrupt or truncated ({err}); send the original file.", status=400
+        ) from None
+    image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with an EXIF rotation
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # A plain convert("RGB") keeps whatever color hides under transparent pixels, often
+        # black, which makes black text unreadable; pages are paper, so composite onto white.
+        rgba = image.convert("RGBA")
+        page = Image.new("RGB", rgba.size, "white")
+        page.paste(rgba, mask=rgba.getchannel("A"))
+        return page
+    return image.convert("RGB")

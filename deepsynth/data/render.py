@@ -1,0 +1,136 @@
+"""Render plain text to page images.
+
+This is the model-agnostic first step of the pipeline: a document's text becomes a list of
+white pages with black text, word-wrapped and paginated. The page sizes come from named
+`PageLayout`s that fit the views of the DeepSeek-OCR family (768 px tiles and the 1024 px
+global view of OCR-2; v1's tiny/small/base/large/gundam modes), but nothing here knows about
+a model or a processor.
+
+Rendering is deterministic: the font is the one embedded in Pillow (no system font is read),
+and the same text and layout always give the same pixels.
+
+    pages = render_pages(text, LAYOUTS["ocr2-page"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+@dataclass(frozen=True)
+class PageLayout:
+    """Size and typography of a rendered page."""
+
+    width: int
+    """Page width in pixels."""
+    height: int
+    """Page height in pixels."""
+    font_size: int = 18
+    """Font size in pixels. Smaller fonts put more text on a page and raise the compression ratio."""
+    margin: int = 24
+    """Blank border on every side, in pixels."""
+    line_spacing: float = 1.25
+    """Line height as a multiple of the font size."""
+
+    def __post_init__(self) -> None:
+        if self.width < 64 or self.height < 64:
+            raise ValueError(f"PageLayout width/height must be at least 64 px, got {self.width}x{self.height}.")
+        if not 6 <= self.font_size <= 200:
+            raise ValueError(f"PageLayout font_size must be in [6, 200], got {self.font_size}.")
+        if 2 * self.margin + self.font_size >= min(self.width, self.height):
+            raise ValueError(
+                f"PageLayout margin {self.margin} leaves no room for text on a {self.width}x{self.height} page."
+            )
+        if self.line_spacing < 1.0:
+            raise ValueError(f"PageLayout line_spacing must be >= 1.0, got {self.line_spacing}.")
+
+
+LAYOUTS: dict[str, PageLayout] = {
+    # OCR-2: a page no larger than one 768 px tile gets the global view only (257 visual tokens).
+    "ocr2-page": PageLayout(768, 768, font_size=18),
+    # OCR-2: an A4 page at 150 dpi; the processor adds up to six 768 px tiles to the global view.
+    "ocr2-a4": PageLayout(1240, 1754, font_size=22, margin=72),
+    # v1 native resolutions (no tiling) and gundam mode (640 px tiles + a 1024 px global view).
+    "v1-tiny": PageLayout(512, 512, font_size=14, margin=16),
+    "v1-small": PageLayout(640, 640, font_size=16, margin=20),
+    "v1-base": PageLayout(1024, 1024, font_size=20, margin=32),
+    "v1-large": PageLayout(1280, 1280, font_size=24, margin=40),
+    "v1-gundam": PageLayout(1240, 1754, font_size=22, margin=72),
+}
+
+
+def get_layout(name: str) -> PageLayout:
+    """Return the named layout, or raise with the list of known names."""
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"Unknown page layout {name!r}; choose one of {sorted(LAYOUTS)}.") from None
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RuntimeError("Pillow was built without FreeType; install a Pillow wheel from PyPI to render pages.")
+    return font
+
+
+def wrap_lines(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
+    """Greedy word wrap. Paragraph breaks are kept; a word wider than the line is split by characters."""
+    lines: list[str] = []
+    for paragraph in text.replace("\r\n", "\n").split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= max_width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while font.getlength(word) > max_width:
+                cut = max(1, _fitting_prefix(word, font, max_width))
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+def _fitting_prefix(word: str, font: ImageFont.FreeTypeFont, max_width: int) -> int:
+    n = len(word)
+    while n > 1 and font.getlength(word[:n]) > max_width:
+        n -= 1
+    return n
+
+
+def render_pages(text: str, layout: PageLayout, max_pages: int | None = None) -> list[Image.Image]:
+    """Render `text` to RGB pages of `layout`'s size, paginating as needed.
+
+    Raises ValueError when the text needs more than `max_pages` pages, before any page is drawn.
+    Empty text gives one blank page, so every document has at least one image.
+    """
+    font = _font(layout.font_size)
+    line_height = round(layout.font_size * layout.line_spacing)
+    lines = wrap_lines(text, font, layout.width - 2 * layout.margin)
+    # Trailing blank lines would otherwise start a page of nothing, which still costs visual tokens.
+    while lines and not lines[-1]:
+        lines.pop()
+    lines_per_page = max(1, (layout.height - 2 * layout.margin) // line_height)
+    chunks = [lines[i : i + lines_per_page] for i in range(0, len(lines), lines_per_page)] or [[]]
+    if max_pages is not None and len(chunks) > max_pages:
+        raise ValueError(
+            f"The document needs {len(chunks)} pages at this layout, more than the limit of {max_pages}; "
+            "shorten it, raise max_pages, or use a layout with a smaller font."
+        )
+
+    pages = []
+    for chunk in chunks:
+        page = Image.new("RGB", (layout.width, layout.height), "white")
+        draw = ImageDraw.Draw(page)
+        for row, line in enumerate(chunk):
+            draw.text((layout.margin, layout.margin + row * line_height), line, fill="black", font=font)
+        pages.append(page)
+    return pages

@@ -1,0 +1,1 @@
+"""Loading, building and freezing DeepSeek-OCR-family models."""

@@ -1,0 +1,248 @@
+"""Model families: the few things that differ between DeepSeek-OCR-2 and DeepSeek-OCR v1.
+
+Everything model-specific about a batch lives here, behind one small `ModelFamily` protocol:
+how page images and a prompt become token ids plus vision tensors, how per-example vision
+tensors are merged into a batch, how many visual tokens a page costs, and which modules are
+the vision tower, the projector and the text decoder. The rest of DeepSynth (rendering,
+collation, training, serving) talks only to this protocol.
+
+- `Ocr2Family` wraps the native transformers `DeepseekOcr2Processor`
+  (`deepseek-community/DeepSeek-OCR-2`): inputs are `pixel_values`, `pixel_values_local`
+  and `num_local_patches`.
+- `V1Family` rebuilds the input layout of the remote-code `deepseek-ai/DeepSeek-OCR`
+  checkpoint: `images=[(crops, global_views)]`, `images_seq_mask`, `images_spatial_crop`.
+
+    family = family_for(model, processor)
+    encoded = family.encode_prompt(pages, "Summarize the document.")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import get_optimal_tiled_canvas
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class PromptInputs:
+    """One example's prompt: token ids (image placeholders expanded) and its vision tensors."""
+
+    input_ids: list[int]
+    vision: dict[str, Any] = field(default_factory=dict)
+    num_visual_tokens: int = 0
+
+
+class ModelFamily(Protocol):
+    name: str
+    tokenizer: Any
+
+    def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs: ...
+
+    def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]: ...
+
+    def count_visual_tokens(self, width: int, height: int) -> int: ...
+
+    def vision_parts(self, model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]: ...
+
+    def decoder_parts(self, model: nn.Module) -> dict[str, nn.Module]: ...
+
+
+def _page_prefix(num_pages: int) -> str:
+    # One placeholder line per page, as in the checkpoints' own "<image>\nFree OCR." prompts.
+    return f"{IMAGE_TOKEN}\n" * num_pages
+
+
+class Ocr2Family:
+    """DeepSeek-OCR-2 through transformers' native `DeepseekOcr2Processor`."""
+
+    name = "deepseek-ocr-2"
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs:
+        if not pages:
+            raise ValueError("A document needs at least one page image.")
+        out = self.processor(images=list(pages), text=_page_prefix(len(pages)) + prompt, return_tensors="pt")
+        input_ids = out["input_ids"][0].tolist()
+        vision = {"pixel_values": out["pixel_values"], "num_local_patches": out["num_local_patches"]}
+        if "pixel_values_local" in out:
+            vision["pixel_values_local"] = out["pixel_values_local"]
+        num_visual = sum(1 for t in input_ids if t == self.processor.image_token_id)
+        return PromptInputs(input_ids=input_ids, vision=vision, num_visual_tokens=num_visual)
+
+    def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]:
+        # The model scatters image features into placeholder positions in order, so pages are
+        # concatenated example by example, exactly as the input_ids list them.
+        merged = {
+            "pixel_values": torch.cat([it.vision["pixel_values"] for it in items]),
+            "num_local_patches": torch.cat([it.vision["num_local_patches"] for it in items]),
+        }
+        local = [it.vision["pixel_values_local"] for it in items if "pixel_values_local" in it.vision]
+        if local:
+            merged["pixel_values_local"] = torch.cat(local)
+        return merged
+
+    def count_visual_tokens(self, width: int, height: int) -> int:
+        ip = self.processor.image_processor
+        per_side = self.processor.patch_size * self.processor.downsample_ratio
+        global_tokens = math.ceil(ip.size["height"] / per_side) ** 2
+        tile_tokens = math.ceil(ip.tile_size / per_side) ** 2
+        num_tiles = 0
+        if ip.crop_to_patches and max(width, height) > ip.tile_size:
+            cols, rows = get_optimal_tiled_canvas(
+                (height, width), (ip.tile_size, ip.tile_size), ip.min_patches, ip.max_patches
+            )
+            num_tiles = cols * rows
+        return global_tokens + num_tiles * tile_tokens + 1  # +1: the view separator
+
+    @staticmethod
+    def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:
+        core = model.model
+        parts: dict[str, nn.Module | nn.Parameter] = {"vision_tower": core.vision_tower}
+        if include_projector:
+            parts["multi_modal_projector"] = core.multi_modal_projector
+            parts["view_separator"] = core.view_separator
+        return parts
+
+    @staticmethod
+    def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
+        return {"language_model": model.model.language_model, "lm_head": model.lm_head}
+
+
+@dataclass(frozen=True)
+class V1Mode:
+    """A DeepSeek-OCR v1 resolution mode."""
+
+    base_size: int
+    """Side of the global view."""
+    image_size: int
+    """Side of a local crop (equal to base_size when not cropping)."""
+    crop: bool
+    """Whether large pages are cut into image_size crops next to the global view (gundam mode)."""
+
+
+V1_MODES: dict[str, V1Mode] = {
+    "tiny": V1Mode(512, 512, False),
+    "small": V1Mode(640, 640, False),
+    "base": V1Mode(1024, 1024, False),
+    "large": V1Mode(1280, 1280, False),
+    "gundam": V1Mode(1024, 640, True),
+}
+
+_V1_PATCH, _V1_DOWNSAMPLE = 16, 4
+_V1_MIN_CROPS, _V1_MAX_CROPS = 2, 9
+_V1_MEAN = 0.5
+
+
+def _v1_to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy((array - _V1_MEAN) / 0.5).permute(2, 0, 1).contiguous()
+
+
+class V1Family:
+    """DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`, remote code): builds its `images=` inputs."""
+
+    name = "deepseek-ocr-v1"
+
+    def __init__(self, tokenizer: Any, mode: str = "gundam"):
+        if mode not in V1_MODES:
+            raise ValueError(f"Unknown DeepSeek-OCR v1 mode {mode!r}; choose one of {sorted(V1_MODES)}.")
+        self.tokenizer = tokenizer
+        self.mode = V1_MODES[mode]
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {IMAGE_TOKEN!r} token; load the DeepSeek-OCR v1 tokenizer.")
+
+    def _crop_grid(self, width: int, height: int) -> tuple[int, int]:
+        m = self.mode
+        if not m.crop or (width <= m.image_size and height <= m.image_size):
+            return 1, 1
+        return get_optimal_tiled_canvas((height, width), (m.image_size, m.image_size), _V1_MIN_CROPS, _V1_MAX_CROPS)
+
+    def count_visual_tokens(self, width: int, height: int) -> int:
+        m = self.mode
+        if not m.crop:
+            q = math.ceil(m.image_size / _V1_PATCH / _V1_DOWNSAMPLE)
+            return (q + 1) * q + 1  # a newline token closes every row, then the view separator
+        q_base = math.ceil(m.base_size / _V1_PATCH / _V1_DOWNSAMPLE)
+        tokens = (q_base + 1) * q_base + 1
+        cols, rows = self._crop_grid(width, height)
+        if cols > 1 or rows > 1:
+            q = math.ceil(m.image_size / _V1_PATCH / _V1_DOWNSAMPLE)
+            tokens += (q * cols + 1) * (q * rows)
+        return tokens
+
+    def _views(self, page: Image.Image) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
+        m = self.mode
+        pad = (int(_V1_MEAN * 255),) * 3
+        if not m.crop:
+            if m.image_size <= 640:
+                page = page.resize((m.image_size, m.image_size), Image.Resampling.BICUBIC)
+            return _v1_to_tensor(ImageOps.pad(page, (m.image_size, m.image_size), color=pad)), [], (1, 1)
+        cols, rows = self._crop_grid(*page.size)
+        crops = []
+        if cols > 1 or rows > 1:
+            resized = page.resize((m.image_size * cols, m.image_size * rows), Image.Resampling.BICUBIC)
+            for i in range(cols * rows):
+                x, y = (i % cols) * m.image_size, (i // cols) * m.image_size
+                crops.append(_v1_to_tensor(resized.crop((x, y, x + m.image_size, y + m.image_size))))
+        return _v1_to_tensor(ImageOps.pad(page, (m.base_size, m.base_size), color=pad)), crops, (cols, rows)
+
+    def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs:
+        # v1's forward reshapes each example's global features into one square grid, so it
+        # takes exactly one image per example; multi-page documents need OCR-2.
+        if len(pages) != 1:
+            raise ValueError(
+                f"DeepSeek-OCR v1 reads one page image per example, got {len(pages)}; "
+                "use DeepSeek-OCR-2 for multi-page documents, or a layout that fits the text on one page."
+            )
+        page = pages[0].convert("RGB")
+        global_view, crops, grid = self._views(page)
+        num_visual = self.count_visual_tokens(*page.size)
+        input_ids = (
+            [self.tokenizer.bos_token_id]
+            + [self.image_token_id] * num_visual
+            + self.tokenizer.encode("\n" + prompt, add_special_tokens=False)
+        )
+        side = self.mode.base_size
+        vision = {
+            "global_view": global_view.unsqueeze(0),
+            # v1 marks "no crops" with one all-zero tensor, and tests for it by its sum.
+            "crops": torch.stack(crops) if crops else torch.zeros(1, 3, side, side),
+            "spatial_crop": torch.tensor(grid, dtype=torch.long),
+        }
+        return PromptInputs(input_ids=input_ids, vision=vision, num_visual_tokens=num_visual)
+
+    def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]:
+        # v1's forward zips `images` with `images_spatial_crop`: one (crops, global view) pair
+        # and one (width, height) crop grid per example.
+        return {
+            "images": [(it.vision["crops"], it.vision["global_view"]) for it in items],
+            "images_spatial_crop": torch.stack([it.vision["spatial_crop"] for it in items]),
+            "images_seq_mask": input_ids == self.image_token_id,
+        }
+
+    @staticmethod
+    def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:
+        core = model.model
+        parts: dict[str, nn.Module | nn.Parameter] = {"sam_model": core.sam_model, "vision_model": core.vision_model}
+        if include_projector:
+            parts["projector"] = core.projector
+            parts["image_newline"] = core.image_newline
+            parts["view_seperator"] = core.view_seperator
+        return parts
+
+    @staticmethod
+    def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
+        core = model.model
+        return {"embed_tokens": core.embed_tokens, "layers": core.layers, "norm": core.norm, "lm_head": model.lm_head}

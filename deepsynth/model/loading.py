@@ -1,0 +1,132 @@
+"""Load a DeepSeek-OCR-family model and its processor from a hub id or a local folder.
+
+`load_model_and_processor` is the one loading path for training, evaluation and serving, so
+what was evaluated is what is served. It reads the checkpoint's `config.json` to pick the
+family:
+
+- `deepseek_ocr2` (e.g. `deepseek-community/DeepSeek-OCR-2`, or a folder made by
+  `deepsynth model init-tiny`) loads natively with `DeepseekOcr2ForConditionalGeneration`
+  and `AutoProcessor`;
+- DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`) needs the checkpoint's own remote code, so
+  it loads only when the caller passes `trust_remote_code=True`.
+
+A Hub token, when one is needed, comes from `HF_TOKEN` (huggingface_hub reads it); it is never
+logged or stored.
+
+    loaded = load_model_and_processor("deepseek-community/DeepSeek-OCR-2", dtype="bfloat16", device="cuda")
+    model, processor, family = loaded
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    DeepseekOcr2ForConditionalGeneration,
+    PretrainedConfig,
+)
+
+from deepsynth.model.families import ModelFamily, Ocr2Family, V1Family
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
+OCR2_MODEL_TYPES = {"deepseek_ocr2"}
+# v1's remote-code config reports the DeepSeek-VL2 type it was derived from.
+V1_MODEL_TYPES = {"deepseek_vl_v2", "deepseekocr"}
+
+_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoadedModel(NamedTuple):
+    model: Any
+    processor: Any
+    """The `DeepseekOcr2Processor` for OCR-2; the tokenizer for v1, which ships no processor class."""
+    family: ModelFamily
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """Map a config string ("bfloat16") to a torch dtype; raise naming the accepted values."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str) -> str:
+    """"auto" picks CUDA when it is there; an explicit "cuda" without CUDA is an error, not a silent CPU run."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'.")
+    return device
+
+
+def model_type_of(name_or_path: str, revision: str | None = None) -> str:
+    """Read `model_type` from the checkpoint's config.json without importing any remote code."""
+    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
+    return config_dict.get("model_type", "")
+
+
+def load_model_and_processor(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str | None = None,
+    device: str = "cpu",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    v1_mode: str = "gundam",
+    quantization_config: Any = None,
+) -> LoadedModel:
+    """Load model, processor and family from a hub id or a local folder.
+
+    Args:
+        name_or_path: hub id (`deepseek-community/DeepSeek-OCR-2`) or a local model folder.
+        dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
+        attn_implementation: e.g. "sdpa", "eager" or "flash_attention_2"; None keeps the default.
+        device: "cpu", "cuda", "cuda:1" or "auto". Ignored when `quantization_config` places the model.
+        revision: a hub branch, tag or commit, for reproducible loads.
+        trust_remote_code: required for DeepSeek-OCR v1, whose modelling code lives in the checkpoint.
+        v1_mode: the v1 resolution mode (tiny, small, base, large, gundam).
+        quantization_config: e.g. a `BitsAndBytesConfig` for QLoRA.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    model_type = model_type_of(name_or_path, revision)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # bitsandbytes places the weights itself; moving them afterwards is not allowed.
+        kwargs["device_map"] = {"": resolve_device("auto")}
+
+    if model_type in OCR2_MODEL_TYPES:
+        model = DeepseekOcr2ForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+        processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+        family: ModelFamily = Ocr2Family(processor)
+    elif model_type in V1_MODEL_TYPES:
+        if not trust_remote_code:
+            raise ValueError(
+                f"{name_or_path} is a DeepSeek-OCR v1 checkpoint, whose model code ships inside the checkpoint. "
+                "Read that code, then pass trust_remote_code=True (--trust-remote-code) to run it."
+            )
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, use_safetensors=True, **kwargs)
+        processor = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+        family = V1Family(processor, mode=v1_mode)
+    else:
+        raise ValueError(
+            f"{name_or_path} has model_type {model_type!r}; DeepSynth loads DeepSeek-OCR-2 "
+            f"({sorted(OCR2_MODEL_TYPES)}) and DeepSeek-OCR v1 ({sorted(V1_MODEL_TYPES)}) checkpoints."
+        )
+
+    if quantization_config is None:
+        model = model.to(resolve_device(device))
+    logger.info("Loaded %s (%s) with %s parameters", name_or_path, family.name, f"{model.num_parameters():,}")
+    return LoadedModel(model, processor, family)

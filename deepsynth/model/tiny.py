@@ -1,0 +1,150 @@
+"""Build a tiny, randomly initialised DeepSeek-OCR-2 offline: same architecture, small widths.
+
+Weights cannot be downloaded here, so tests and the demo run on a model built from scratch:
+the real `DeepseekOcr2ForConditionalGeneration` (SAM encoder, vision encoder with learned
+queries, MoE decoder with routed and shared experts), a byte-level BPE tokenizer trained on
+the built-in corpus, and a real `DeepseekOcr2Processor`. Image sizes stay real (1024 px global
+view, 768 px tiles, 256/144 learned queries, patch 16), so the processor's visual-token count
+is the real checkpoint's; only widths and depths shrink.
+
+The folder it writes is a normal Hugging Face model folder, loaded like the real checkpoint:
+
+    build_tiny_model("runs/tiny")            # or: deepsynth model init-tiny runs/tiny
+    model, processor, family = load_model_and_processor("runs/tiny")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    DeepseekOcr2Config,
+    DeepseekOcr2ForConditionalGeneration,
+    DeepseekOcr2Processor,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+
+from deepsynth.data.corpus import SPLITS, generate_corpus
+from deepsynth.model.families import IMAGE_TOKEN
+
+# The real checkpoint's special tokens, so prompts and decoding behave the same on both.
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+PROMPT_WORDS = "Summarize the document. Summarize this report in one sentence. Free OCR."
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text encodes) with the processor's special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS, PAD, IMAGE_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    # Like the real tokenizer, encoding a prompt starts with BOS.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=8192
+    )
+
+
+def tiny_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_token_id: int) -> DeepseekOcr2Config:
+    """The real architecture with small widths and depths."""
+    sam = dict(
+        hidden_size=32,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=16,
+        window_size=14,
+        # Windowed attention only: one global layer over 64x64 patches costs six times the
+        # rest of the tiny vision tower on a CPU, and the layer type is not what tests exercise.
+        global_attn_indexes=[],
+        # The last downsampling width must equal the vision encoder's hidden size.
+        downsample_channels=[32, 64],
+        # SAM's default init (std 1e-10) suits loading pretrained weights, but a random tower
+        # initialised that way maps every page to the same features and the pages could not matter.
+        initializer_range=0.02,
+    )
+    encoder = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        vocab_size=1,  # the vision encoder takes embeddings, never token ids
+    )
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        mlp_layer_types=["dense", "sparse"],
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        max_position_embeddings=8192,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    return DeepseekOcr2Config(
+        vision_config={"sam_config": sam, "encoder_config": encoder}, text_config=text, image_token_id=image_token_id
+    )
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Write a tiny random-initialised DeepSeek-OCR-2 (model, tokenizer, processor) to `out_dir`."""
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a model; pick an empty folder or delete it first.")
+    docs = [d for split in SPLITS for d in generate_corpus(split, 200, seed=seed)]
+    tokenizer = train_tokenizer([d["text"] for d in docs] + [d["summary"] for d in docs] + [PROMPT_WORDS], vocab_size)
+    processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer)
+
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        image_token_id=processor.image_token_id,
+    )
+    torch.manual_seed(seed)
+    model = DeepseekOcr2ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(_model_card(seed, model.num_parameters()))
+    return out
+
+
+def _model_card(seed: int, num_parameters: int) -> str:
+    return f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [deepsynth, deepseek-ocr-2, tiny, random-weights, testing]
+---
+# Tiny DeepSeek-OCR-2 (random weights)
+
+A randomly initialised `DeepseekOcr2ForConditionalGeneration` ({num_parameters:,} parameters, seed {seed})
+built offline by `deepsynth model init-tiny` for tests and demos. It has the real architecture and
+image sizes with small widths; it knows nothing until trained. Its tokenizer was trained on DeepSynth's
+built-in corpus.
+"""

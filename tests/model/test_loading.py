@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from deepsynth.model.families import Ocr2Family
+from deepsynth.model.loading import load_model_and_processor, resolve_device, resolve_dtype
+from deepsynth.model.tiny import build_tiny_model
+
+
+def test_tiny_model_has_the_real_architecture(tiny):
+    model, processor, family = tiny
+    config = model.config
+    assert type(model).__name__ == "DeepseekOcr2ForConditionalGeneration"
+    assert type(processor).__name__ == "DeepseekOcr2Processor"
+    assert isinstance(family, Ocr2Family)
+    text = config.text_config
+    assert "sparse" in text.mlp_layer_types and text.n_routed_experts > 1 and text.n_shared_experts >= 1
+    vision = model.model.vision_tower
+    assert vision.query_768_resolution.num_embeddings == 144 and vision.query_1024_resolution.num_embeddings == 256
+    assert processor.image_processor.size["height"] == 1024 and processor.image_processor.tile_size == 768
+    for token in ("<image>", processor.tokenizer.bos_token, processor.tokenizer.eos_token, processor.tokenizer.pad_token):
+        assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
+    assert config.image_token_id == processor.image_token_id
+
+
+def test_save_then_load_gives_the_same_logits(tiny, corpus_examples, tmp_path):
+    from deepsynth.data.collate import SummaryCollator
+
+    model, processor, family = tiny
+    batch = SummaryCollator(family)(corpus_examples[:2])
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch.inputs).logits
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    reloaded, reprocessor, refamily = load_model_and_processor(str(tmp_path))
+    rebatch = SummaryCollator(refamily)(corpus_examples[:2])
+    assert torch.equal(rebatch.inputs["input_ids"], batch.inputs["input_ids"])
+    reloaded.eval()
+    with torch.no_grad():
+        after = reloaded(**rebatch.inputs).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_build_refuses_to_overwrite_a_model(tiny_model_dir):
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        build_tiny_model(tiny_model_dir)
+
+
+def test_v1_checkpoints_need_trust_remote_code(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_vl_v2"}))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_model_and_processor(str(tmp_path))
+
+
+def test_an_unknown_model_type_names_the_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="'llama'.*deepseek_ocr2"):
+        load_model_and_processor(str(tmp_path))
+
+
+def test_dtype_and_device_options(tiny_model_dir):
+    model, _, _ = load_model_and_processor(str(tiny_model_dir), dtype="bfloat16", attn_implementation="eager")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert resolve_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("fp8")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
