@@ -17,7 +17,7 @@ from deepsynth import __version__
 def _init_tiny(args: argparse.Namespace) -> int:
     from deepsynth.model.tiny import build_tiny_model
 
-    out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size)
+    out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, sam_patch_size=args.sam_patch_size)
     print(f"Wrote a tiny random-initialised DeepSeek-OCR-2 to {out}")
     return 0
 
@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir", help="folder to write the model, tokenizer and processor to (must not hold a model)")
     tiny.add_argument("--seed", type=int, default=0, help="seed for the weights and the tokenizer's corpus")
     tiny.add_argument("--vocab-size", type=int, default=1024, help="upper bound on the BPE vocabulary size")
+    tiny.add_argument(
+        "--sam-patch-size", type=int, default=32, choices=[32, 16],
+        help="32: fast, 768 px global view (145 visual tokens a page); 16: the real checkpoint's sizes",
+    )
     tiny.set_defaults(handler=_init_tiny)
     return parser
 

@@ -3,9 +3,15 @@
 Weights cannot be downloaded here, so tests and the demo run on a model built from scratch:
 the real `DeepseekOcr2ForConditionalGeneration` (SAM encoder, vision encoder with learned
 queries, MoE decoder with routed and shared experts), a byte-level BPE tokenizer trained on
-the built-in corpus, and a real `DeepseekOcr2Processor`. Image sizes stay real (1024 px global
-view, 768 px tiles, 256/144 learned queries, patch 16), so the processor's visual-token count
-is the real checkpoint's; only widths and depths shrink.
+the built-in corpus, and a real `DeepseekOcr2Processor`. Only widths and depths shrink; the
+768 px tiles and the 144/256 learned queries are the real ones, and the processor counts
+visual tokens exactly as for the real checkpoint.
+
+Two SAM patch sizes are offered:
+- 32 (the default): a quarter of SAM's cost. The processor's 16 px x 4 arithmetic still gives
+  144 queries per 768 px view, so the global view is 768 px too, and a page costs 145 visual
+  tokens. This is what tests and the CPU demo use.
+- 16: the real checkpoint's sizes, a 1024 px global view of 256 queries plus 768 px tiles.
 
 The folder it writes is a normal Hugging Face model folder, loaded like the real checkpoint:
 
@@ -57,17 +63,30 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
-def tiny_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_token_id: int) -> DeepseekOcr2Config:
+SAM_PATCH_SIZES = {
+    # patch size -> (SAM input side, attention window in patches, processor global view side)
+    32: (768, 6, 768),
+    16: (1024, 14, 1024),
+}
+
+
+def tiny_config(
+    vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_token_id: int, sam_patch_size: int = 32
+) -> DeepseekOcr2Config:
     """The real architecture with small widths and depths."""
+    if sam_patch_size not in SAM_PATCH_SIZES:
+        raise ValueError(f"sam_patch_size must be one of {sorted(SAM_PATCH_SIZES)}, got {sam_patch_size}.")
+    image_size, window_size, _ = SAM_PATCH_SIZES[sam_patch_size]
     sam = dict(
         hidden_size=32,
         output_channels=32,
         num_hidden_layers=2,
         num_attention_heads=2,
-        patch_size=16,
-        window_size=14,
-        # Windowed attention only: one global layer over 64x64 patches costs six times the
-        # rest of the tiny vision tower on a CPU, and the layer type is not what tests exercise.
+        image_size=image_size,
+        patch_size=sam_patch_size,
+        window_size=window_size,
+        # Windowed attention only: at patch 16 one global layer over 64x64 patches costs six
+        # times the rest of the tiny vision tower on a CPU.
         global_attn_indexes=[],
         # The last downsampling width must equal the vision encoder's hidden size.
         downsample_channels=[32, 64],
@@ -83,6 +102,10 @@ def tiny_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_to
         num_key_value_heads=2,
         max_position_embeddings=1024,
         vocab_size=1,  # the vision encoder takes embeddings, never token ids
+        # With the usual std 0.02 a random encoder passes little of the page through its
+        # residual stream: features of different pages differ by ~10 %, and a tiny decoder needs
+        # many hundred steps to pick that up. At 0.1 they differ by 20-40 %.
+        initializer_range=0.1,
     )
     text = dict(
         vocab_size=vocab_size,
@@ -106,22 +129,24 @@ def tiny_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_to
     )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, sam_patch_size: int = 32) -> Path:
     """Write a tiny random-initialised DeepSeek-OCR-2 (model, tokenizer, processor) to `out_dir`."""
     out = Path(out_dir)
     if (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a model; pick an empty folder or delete it first.")
     docs = [d for split in SPLITS for d in generate_corpus(split, 200, seed=seed)]
     tokenizer = train_tokenizer([d["text"] for d in docs] + [d["summary"] for d in docs] + [PROMPT_WORDS], vocab_size)
-    processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer)
-
     config = tiny_config(
         vocab_size=len(tokenizer),
         bos_id=tokenizer.bos_token_id,
         eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id,
-        image_token_id=processor.image_token_id,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        sam_patch_size=sam_patch_size,
     )
+    global_view = SAM_PATCH_SIZES[sam_patch_size][2]
+    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": global_view, "width": global_view})
+    processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
     torch.manual_seed(seed)
     model = DeepseekOcr2ForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
@@ -131,11 +156,11 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "README.md").write_text(_model_card(seed, model.num_parameters()))
+    (out / "README.md").write_text(_model_card(seed, model.num_parameters(), sam_patch_size))
     return out
 
 
-def _model_card(seed: int, num_parameters: int) -> str:
+def _model_card(seed: int, num_parameters: int, sam_patch_size: int) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
@@ -144,7 +169,7 @@ tags: [deepsynth, deepseek-ocr-2, tiny, random-weights, testing]
 # Tiny DeepSeek-OCR-2 (random weights)
 
 A randomly initialised `DeepseekOcr2ForConditionalGeneration` ({num_parameters:,} parameters, seed {seed})
-built offline by `deepsynth model init-tiny` for tests and demos. It has the real architecture and
-image sizes with small widths; it knows nothing until trained. Its tokenizer was trained on DeepSynth's
-built-in corpus.
+built offline by `deepsynth model init-tiny` for tests and demos. It has the real architecture with
+small widths and SAM patch size {sam_patch_size}; it knows nothing until trained. Its tokenizer was
+trained on DeepSynth's built-in corpus.
 """

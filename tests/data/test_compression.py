@@ -22,9 +22,9 @@ def test_compression_stats_for_a_document(tiny, corpus_examples):
     doc = corpus_examples[0]
     stats = compression_stats(doc["text"], doc["pages"], family)
     assert stats.pages == 1
-    assert stats.visual_tokens == 257  # one 768 px page: the 16x16 global view and the view separator
+    assert stats.visual_tokens == 145  # one 768 px page: the tiny model's 12x12 global view and the separator
     assert stats.text_tokens == len(processor.tokenizer.encode(doc["text"], add_special_tokens=False))
-    assert stats.ratio == pytest.approx(stats.text_tokens / 257)
+    assert stats.ratio == pytest.approx(stats.text_tokens / 145)
     assert stats.to_dict()["ratio"] == stats.ratio
 
 

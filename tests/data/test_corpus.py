@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
 from deepsynth.data.corpus import SPLITS, TOPICS, TRENDS, generate_corpus, generate_document
+from deepsynth.data.render import LAYOUTS, render_pages
 
 
 def test_same_seed_same_documents_other_seed_other_documents():
@@ -19,25 +22,30 @@ def test_splits_share_no_document_text():
 
 
 def test_the_summary_is_determined_by_what_the_document_says():
-    subjects = {t.subject: t for t in TOPICS}
     for doc in generate_corpus("train", 50):
-        topic = subjects[doc["topic"]]
-        assert doc["summary"] == f"{topic.subject} {doc['trend']}."
-        body = doc["text"].lower()
-        assert sum(body.count(noun) for noun in topic.nouns) >= 10, "the topic fills the page"
-        own = sum(body.count(f" {verb}") for verb in TRENDS[doc["trend"]])
-        other = sum(body.count(f" {verb}") for verb in TRENDS["fell" if doc["trend"] == "rose" else "rose"])
-        assert own > 10 and other == 0, "the trend is stated throughout and never contradicted"
+        assert doc["summary"] == f"{doc['topic']} {doc['trend']}."
+        lines = doc["text"].splitlines()[1:]
+        assert all(line.startswith(doc["topic"]) for line in lines), "the topic starts every line"
+        other = "fell" if doc["trend"] == "rose" else "rose"
+        assert all(any(re.search(rf"\b{v}\b", line) for v in TRENDS[doc["trend"]]) for line in lines)
+        assert not any(re.search(rf"\b{v}\b", doc["text"]) for v in TRENDS[other]), "never contradicted"
+        assert not any(t in doc["text"] for t in TOPICS if t != doc["topic"])
+
+
+def test_a_document_fills_one_page_of_the_default_layout():
+    doc = generate_document("train", 0)
+    assert len(render_pages(doc["text"], LAYOUTS["ocr2-page"])) == 1
+    assert len(render_pages(generate_document("train", 0, num_lines=100)["text"], LAYOUTS["ocr2-page"])) == 4
 
 
 def test_all_topics_and_trends_occur():
     docs = generate_corpus("train", 400)
-    assert {d["topic"] for d in docs} == {t.subject for t in TOPICS}
+    assert {d["topic"] for d in docs} == set(TOPICS)
     assert {d["trend"] for d in docs} == set(TRENDS)
 
 
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="split"):
         generate_document("dev", 0)
-    with pytest.raises(ValueError, match="num_sentences"):
-        generate_document("train", 0, num_sentences=0)
+    with pytest.raises(ValueError, match="num_lines"):
+        generate_document("train", 0, num_lines=0)

@@ -18,7 +18,7 @@ def test_tiny_model_has_the_real_architecture(tiny):
     assert "sparse" in text.mlp_layer_types and text.n_routed_experts > 1 and text.n_shared_experts >= 1
     vision = model.model.vision_tower
     assert vision.query_768_resolution.num_embeddings == 144 and vision.query_1024_resolution.num_embeddings == 256
-    assert processor.image_processor.size["height"] == 1024 and processor.image_processor.tile_size == 768
+    assert processor.image_processor.tile_size == 768
     for token in ("<image>", processor.tokenizer.bos_token, processor.tokenizer.eos_token, processor.tokenizer.pad_token):
         assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
     assert config.image_token_id == processor.image_token_id
@@ -72,3 +72,20 @@ def test_dtype_and_device_options(tiny_model_dir):
         assert resolve_device("auto") == "cpu"
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_tiny_model_at_the_real_checkpoint_sizes(tmp_path):
+    """SAM patch 16: a 1024 px global view of 256 queries plus 768 px tiles, as in the real checkpoint."""
+    from PIL import Image
+
+    from deepsynth.data.collate import SummaryCollator
+
+    model, processor, family = load_model_and_processor(str(build_tiny_model(tmp_path, sam_patch_size=16)))
+    assert processor.image_processor.size["height"] == 1024
+    assert family.count_visual_tokens(768, 768) == 257
+    assert family.count_visual_tokens(1240, 1754) == 256 + 6 * 144 + 1
+    batch = SummaryCollator(family, max_length=4096)(
+        [{"pages": [Image.new("RGB", (1240, 1754), "white")], "summary": "Energy costs rose."}]
+    )
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch.inputs).loss)
