@@ -37,3 +37,16 @@ def corpus_examples():
     """Four built-in training documents rendered to one-page examples."""
     docs = generate_corpus("train", 4)
     return [{"pages": render_pages(d["text"], LAYOUTS["ocr2-page"]), "summary": d["summary"], **d} for d in docs]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by the integration tests; subprocesses join it via RAY_ADDRESS.
+
+    More logical CPUs than cores: training workers hold one each, and Ray Data needs room to render.
+    """
+    import ray
+
+    context = ray.init(num_cpus=6, include_dashboard=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()

@@ -43,6 +43,7 @@ class PromptInputs:
 class ModelFamily(Protocol):
     name: str
     tokenizer: Any
+    full_precision_modules: tuple[str, ...]
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs: ...
 
@@ -64,6 +65,8 @@ class Ocr2Family:
     """DeepSeek-OCR-2 through transformers' native `DeepseekOcr2Processor`."""
 
     name = "deepseek-ocr-2"
+    # Vision tower, projector and output head stay in full precision when the decoder is quantized.
+    full_precision_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def __init__(self, processor: Any):
         self.processor = processor
@@ -153,6 +156,7 @@ class V1Family:
     """DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`, remote code): builds its `images=` inputs."""
 
     name = "deepseek-ocr-v1"
+    full_precision_modules = ("model.sam_model", "model.vision_model", "model.projector", "lm_head")
 
     def __init__(self, tokenizer: Any, mode: str = "gundam"):
         if mode not in V1_MODES:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from deepsynth.model.families import Ocr2Family, V1Family
-from deepsynth.model.loading import OCR2_MODEL_TYPES, V1_MODEL_TYPES
+from deepsynth.model.loading import family_class
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,13 @@ class ModuleRow:
 
 def _structure(model: nn.Module) -> type[Ocr2Family] | type[V1Family]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in OCR2_MODEL_TYPES:
-        return Ocr2Family
-    if model_type in V1_MODEL_TYPES:
-        return V1Family
-    raise ValueError(
-        f"freeze_vision needs a DeepSeek-OCR model with a vision tower; got {type(model).__name__} "
-        f"(model_type={model_type!r}), which has none."
-    )
+    try:
+        return family_class(model_type)
+    except ValueError:
+        raise ValueError(
+            f"freeze_vision needs a DeepSeek-OCR model with a vision tower; got {type(model).__name__} "
+            f"(model_type={model_type!r}), which has none."
+        ) from None
 
 
 def _params(part: nn.Module | nn.Parameter) -> list[nn.Parameter]:

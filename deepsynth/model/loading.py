@@ -74,6 +74,18 @@ def model_type_of(name_or_path: str, revision: str | None = None) -> str:
     return config_dict.get("model_type", "")
 
 
+def family_class(model_type: str) -> type[Ocr2Family] | type[V1Family]:
+    """The family that knows this model type's inputs and modules, or a clear error."""
+    if model_type in OCR2_MODEL_TYPES:
+        return Ocr2Family
+    if model_type in V1_MODEL_TYPES:
+        return V1Family
+    raise ValueError(
+        f"model_type {model_type!r} is not a DeepSeek-OCR model; DeepSynth loads DeepSeek-OCR-2 "
+        f"({sorted(OCR2_MODEL_TYPES)}) and DeepSeek-OCR v1 ({sorted(V1_MODEL_TYPES)}) checkpoints."
+    )
+
+
 def load_model_and_processor(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -99,6 +111,7 @@ def load_model_and_processor(
     """
     torch_dtype = resolve_dtype(dtype)
     model_type = model_type_of(name_or_path, revision)
+    family_class(model_type)  # refuse anything else before loading weights
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -107,11 +120,11 @@ def load_model_and_processor(
         # bitsandbytes places the weights itself; moving them afterwards is not allowed.
         kwargs["device_map"] = {"": resolve_device("auto")}
 
-    if model_type in OCR2_MODEL_TYPES:
+    if family_class(model_type) is Ocr2Family:
         model = DeepseekOcr2ForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
         processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
         family: ModelFamily = Ocr2Family(processor)
-    elif model_type in V1_MODEL_TYPES:
+    else:
         if not trust_remote_code:
             raise ValueError(
                 f"{name_or_path} is a DeepSeek-OCR v1 checkpoint, whose model code ships inside the checkpoint. "
@@ -120,11 +133,6 @@ def load_model_and_processor(
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, use_safetensors=True, **kwargs)
         processor = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
         family = V1Family(processor, mode=v1_mode)
-    else:
-        raise ValueError(
-            f"{name_or_path} has model_type {model_type!r}; DeepSynth loads DeepSeek-OCR-2 "
-            f"({sorted(OCR2_MODEL_TYPES)}) and DeepSeek-OCR v1 ({sorted(V1_MODEL_TYPES)}) checkpoints."
-        )
 
     if quantization_config is None:
         model = model.to(resolve_device(device))

@@ -1,0 +1,1 @@
+"""Fine-tuning parts: config, training modes, the input pipeline, checkpoints and the Ray Train loop."""

@@ -1,0 +1,179 @@
+"""Self-describing checkpoints: `step-000123/` folders that load on their own.
+
+A checkpoint folder holds
+- `adapter/` (a PEFT adapter, for lora/qlora) or `decoder.safetensors` (the trained weights, for full);
+- the processor (`save_pretrained`), so the folder tokenizes and renders like the run did;
+- `train_config.yaml`, the run's full `TrainConfig`;
+- `meta.json`: step, metrics, base model, mode, family and library versions;
+- the resume state: `optimizer.pt` (optimizer and scheduler; `deepspeed/` shards under ZeRO)
+  and one `rank-N.pt` per worker with its RNG states and data position.
+
+It is written to `step-000123.tmp/` and renamed when complete, so a reader never sees half a
+checkpoint. Serving, evaluation and tests load it through `load_checkpoint`.
+
+    path = write_checkpoint(out_dir, step, lambda folder: save_model_files(folder, ...))
+    model, processor, family = load_checkpoint(path)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import deepsynth
+from deepsynth.model.loading import LoadedModel, load_model_and_processor
+
+DECODER_WEIGHTS = "decoder.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import ray
+    import transformers
+
+    return {
+        "deepsynth": deepsynth.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (requires_grad), on CPU, contiguous, by their model names."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(parent: str | Path, step: int, write_files: Callable[[Path], None]) -> Path:
+    """Create `parent/step-XXXXXX/` atomically: `write_files` fills a temp folder that is then renamed."""
+    final = Path(parent) / step_dir_name(step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_files(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def save_model_files(
+    folder: Path,
+    *,
+    step: int,
+    model: nn.Module,
+    processor: Any,
+    config: Any,
+    family_name: str,
+    metrics: dict[str, float],
+    weights: dict[str, torch.Tensor],
+) -> None:
+    """The trained weights (adapter or decoder), processor, config and meta.json: what inference needs."""
+    if config.mode == "full":
+        save_file(weights, folder / DECODER_WEIGHTS)
+    else:
+        from peft import get_peft_model_state_dict
+
+        model.peft_config["default"].save_pretrained(folder / ADAPTER_DIR)
+        # PEFT stores tensors without the adapter's name, as PeftModel.save_pretrained does.
+        adapter = get_peft_model_state_dict(model, state_dict=weights)
+        save_file({k: v.contiguous() for k, v in adapter.items()}, folder / ADAPTER_DIR / "adapter_model.safetensors")
+    processor.save_pretrained(folder)
+    (folder / "train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    meta = {
+        "step": step,
+        "metrics": metrics,
+        "base_model": config.model,
+        "mode": config.mode,
+        "family": family_name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": library_versions(),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(path: str | Path) -> dict:
+    meta_file = Path(path) / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path} is not a DeepSynth checkpoint (no meta.json); pass a step-XXXXXX folder.")
+    return json.loads(meta_file.read_text())
+
+
+def load_trained_weights(model: nn.Module, path: str | Path, mode: str) -> None:
+    """Load a checkpoint's trained tensors into a model prepared for the same mode (resume)."""
+    path = Path(path)
+    if mode == "full":
+        missing = model.load_state_dict(load_file(path / DECODER_WEIGHTS), strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"{path} holds weights this model lacks: {missing.unexpected_keys[:5]}")
+    else:
+        # set_peft_model_state_dict would apply transformers' legacy-checkpoint key renames to
+        # these already-current names (model.language_model -> model.language_model.language_model)
+        # and load nothing; inserting the adapter name is all the mapping there is.
+        adapter = load_file(path / ADAPTER_DIR / "adapter_model.safetensors")
+        named = {re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", k): v for k, v in adapter.items()}
+        result = model.load_state_dict(named, strict=False)
+        missing = [key for key in result.missing_keys if "lora_" in key]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"{path}'s adapter does not fit this model: unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}."
+            )
+
+
+def load_checkpoint(path: str | Path, *, dtype: str = "auto", device: str = "cpu", merge: bool = False) -> LoadedModel:
+    """Load a checkpoint for inference: the base model with the trained weights or adapter applied.
+
+    `merge=True` folds a LoRA adapter into the base weights (faster inference, no PEFT wrapper).
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    # Training never changes the processor, so the base model's is the checkpoint's.
+    base, processor, family = load_model_and_processor(meta["base_model"], dtype=dtype, device=device)
+    if meta["mode"] == "full":
+        load_trained_weights(base, path, "full")
+        model = base
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        # PeftModel.from_pretrained (peft 0.21 with transformers 5.23) loads none of this
+        # architecture's adapter keys and only warns; building the wrapper and loading the
+        # tensors ourselves fails loudly instead.
+        model = get_peft_model(base, LoraConfig.from_pretrained(path / ADAPTER_DIR))
+        load_trained_weights(model, path, meta["mode"])
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    return LoadedModel(model, processor, family)

@@ -1,0 +1,214 @@
+"""The training configuration: one flat, typed dataclass, validated where it is built.
+
+A run is described by a YAML file under `ray_jobs/configs/` plus `key=value` overrides from the
+command line; both map onto `TrainConfig`, and every mistake (an unknown key, a value of the
+wrong type, a negative learning rate) fails at once with the flag's name and the fix.
+
+    config = load_config("ray_jobs/configs/cpu_smoke.yaml", ["lr=1e-3", "max_steps=20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepsynth.data.collate import DEFAULT_PROMPT
+from deepsynth.data.render import get_layout
+from deepsynth.model.loading import DEFAULT_MODEL, resolve_dtype
+
+MODES = ("full", "lora", "qlora")
+STRATEGIES = ("ddp", "deepspeed")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # --- run ---
+    run_name: str = "deepsynth"
+    """Name of the run; re-running with the same name and storage_path resumes it."""
+    storage_path: str = ".deepsynth/runs"
+    """Where run folders go: a local path or a cloud URI (s3://, gs://) that Ray Train can write."""
+
+    # --- model ---
+    model: str = DEFAULT_MODEL
+    """Hub id or local folder of the base model."""
+    build_tiny_model: bool = False
+    """Build the tiny offline model at `model` (a local folder) if it is not there yet."""
+    dtype: str = "float32"
+    """Weights dtype: auto, float32, bfloat16 or float16."""
+    attn_implementation: str | None = None
+    """e.g. sdpa, eager or flash_attention_2; None keeps the model's default."""
+    trust_remote_code: bool = False
+    """Needed for DeepSeek-OCR v1 checkpoints."""
+
+    # --- what trains ---
+    mode: str = "lora"
+    """full (the whole decoder), lora, or qlora (4-bit base + LoRA)."""
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    """Module names (suffixes such as q_proj) to adapt; None finds the decoder's attention and MLP projections."""
+    freeze_projector: bool = False
+    """In full mode, also freeze the vision-to-text projector."""
+
+    # --- data ---
+    dataset: str = "builtin"
+    """builtin, a preset (cnn_dailymail, xsum, ...) or a local .jsonl/.csv/.parquet file."""
+    text_field: str | None = None
+    summary_field: str | None = None
+    train_limit: int | None = None
+    """Training documents to use; None is the whole split (256 for builtin)."""
+    val_limit: int = 32
+    """Validation documents for the eval loss."""
+    layout: str = "ocr2-page"
+    """Page layout to render text with (see deepsynth.data.render.LAYOUTS)."""
+    max_pages: int = 8
+    """Most pages per document; longer documents are an error, not a silent cut."""
+    prompt: str = DEFAULT_PROMPT
+    max_length: int = 2048
+    """Longest sequence in tokens (image tokens included); only summaries are ever truncated."""
+    augment: bool = False
+    """Text-safe augmentation of training pages."""
+    blank_pages: bool = False
+    """Ablation: replace every page with a blank one, to measure what the pages are worth."""
+
+    # --- optimisation ---
+    batch_size: int = 4
+    """Documents per worker per micro-batch."""
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_steps: int = 1000
+    """Optimizer steps of the whole run (the smoke knob)."""
+    grad_clip: float = 1.0
+    """Max gradient norm; 0 turns clipping off."""
+    precision: str = "auto"
+    """auto (bf16 on GPUs that have it, else fp32), fp32, bf16 or fp16."""
+    seed: int = 0
+
+    # --- evaluation and checkpoints ---
+    eval_every: int = 50
+    """Steps between validation losses; each one also writes a checkpoint."""
+    log_every: int = 10
+    """Steps between metric reports."""
+    keep_checkpoints: int = 3
+    """Checkpoints to keep, ranked by val loss; Ray Train also keeps the latest."""
+
+    # --- scale ---
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: str = "ddp"
+    """ddp, or deepspeed (ZeRO, see zero_stage)."""
+    zero_stage: int = 2
+    max_failures: int = 0
+    """Worker failures to recover from (restarting from the last checkpoint); -1 is unlimited."""
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        try:
+            resolve_dtype(self.dtype)
+            get_layout(self.layout)
+        except ValueError as err:
+            raise ValueError(f"{'dtype' if 'dtype' in str(err) else 'layout'}: {err}") from None
+        if not self.run_name or "/" in self.run_name:
+            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}.")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}.")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "keep_checkpoints",
+                     "num_workers", "max_length", "max_pages", "val_limit", "lora_rank", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}.")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be -1 (unlimited) or >= 0, got {self.max_failures}.")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}.")
+        if self.train_limit is not None and self.train_limit < self.batch_size * self.num_workers:
+            raise ValueError(
+                f"train_limit={self.train_limit} is smaller than one step's documents "
+                f"(batch_size * num_workers = {self.batch_size * self.num_workers}); raise train_limit."
+            )
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module, or be null to find them automatically.")
+        if self.mode == "qlora" and self.strategy == "deepspeed":
+            raise ValueError("mode=qlora does not combine with strategy=deepspeed; use strategy=ddp for QLoRA.")
+        if self.precision == "fp16" and self.strategy == "deepspeed":
+            raise ValueError("precision=fp16 with DeepSpeed is not supported here; use precision=bf16.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config and apply `key=value` overrides; raise naming the first bad key or value."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}.")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Override {item!r} must look like key=value, e.g. lr=1e-4.")
+        values[key.strip()] = yaml.safe_load(raw)
+    return config_from_dict(values, source=str(path) if path else "overrides")
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from plain values, checking names and types before __post_init__ runs."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"Unknown config key {key!r} in {source}.{hint} Known keys: {sorted(known)}.")
+        values[key] = _coerce(key, value, hints[key])
+    return TrainConfig(**values)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Accept YAML's natural types for a field (an int for a float, a string for a list) or raise naming the key."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is float and isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            except ValueError:
+                pass
+        if origin is list and isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if origin in (int, str, bool, list) and isinstance(value, origin) and not (
+            origin is int and isinstance(value, bool)
+        ):
+            return value
+    raise ValueError(f"Config key {key!r} expects {hint}, got {value!r} ({type(value).__name__}).")

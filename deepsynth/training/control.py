@@ -1,0 +1,43 @@
+"""Graceful stop: the driver asks, the training workers stop at the next step boundary.
+
+A SIGTERM or SIGINT reaches the job's driver process, not the Ray Train workers. The driver
+sets a flag on a small named actor (`StopSignal`), and the loop polls it once per step; the
+workers agree on the answer with an all-reduce, save a checkpoint and return. A stop therefore
+loses at most the step in flight.
+
+    signal = StopSignal.options(name=stop_signal_name(run), get_if_exists=True).remote()   # driver
+    requested = stop_requested(stop_signal_name(run))                                       # worker, per step
+"""
+
+from __future__ import annotations
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class StopSignal:
+    def __init__(self) -> None:
+        self._requested = False
+
+    def request(self) -> None:
+        self._requested = True
+
+    def requested(self) -> bool:
+        return self._requested
+
+
+def stop_signal_name(run_name: str) -> str:
+    return f"deepsynth-stop/{run_name}"
+
+
+class StopPoller:
+    """The worker side: asks the run's StopSignal actor, if the driver created one."""
+
+    def __init__(self, run_name: str):
+        try:
+            self.actor = ray.get_actor(stop_signal_name(run_name))
+        except ValueError:  # started without a driver that listens for signals (e.g. under Ray Tune)
+            self.actor = None
+
+    def requested(self) -> bool:
+        return self.actor is not None and ray.get(self.actor.requested.remote())

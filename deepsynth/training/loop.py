@@ -1,0 +1,262 @@
+"""The training loop: one function that Ray Train runs on every worker.
+
+It reads top to bottom: set up the model, optimizer and strategy; restore a checkpoint if
+Ray Train hands one over; set up this worker's data; then train, evaluating, checkpointing and
+reporting as it goes, until `max_steps` or a stop request. `ray_jobs/train.py` wires it into a
+`TorchTrainer`.
+
+The loss of a step is the mean over every summary token of the step, across micro-batches and
+workers (`num_items_in_batch`), so 2 workers with batch b train exactly like 1 worker with
+batch 2b, and the reported loss does not depend on how the batch was split.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from deepsynth.data.augment import AugmentConfig
+from deepsynth.data.collate import Batch, SummaryCollator
+from deepsynth.data.datasets import load_records
+from deepsynth.training.checkpoint import (
+    load_trained_weights,
+    restore_rng_state,
+    rng_state,
+    save_model_files,
+    step_dir_name,
+    write_checkpoint,
+)
+from deepsynth.training.config import TrainConfig
+from deepsynth.training.control import StopPoller
+from deepsynth.training.data import PageBatches, PageOptions, validation_batches
+from deepsynth.training.modes import load_for_training, prepare_trainable, trainable_share
+from deepsynth.training.strategy import DDPStrategy, DeepSpeedStrategy, Strategy
+from deepsynth.training.telemetry import MetricsLog, peak_memory_mb
+
+
+def train_loop_per_worker(config_dict: dict) -> None:
+    config = TrainConfig(**config_dict)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    seed_everything(config.seed)
+    amp_dtype = autocast_dtype(config.precision, device)
+
+    # --- model, optimizer, schedule, strategy ---
+    model, processor, family = load_for_training(
+        config.model, config.mode, dtype=config.dtype, device=str(device),
+        attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
+        compute_dtype=amp_dtype or torch.float32,
+    )
+    model, param_table = prepare_trainable(
+        model, family, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+        targets=config.lora_targets, freeze_projector=config.freeze_projector,
+    )
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = Path(checkpoint.to_directory()) if checkpoint else None
+    if resume_dir:
+        load_trained_weights(model, resume_dir, config.mode)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.max_steps))
+    strategy = make_strategy(config, model, optimizer, scheduler, amp_dtype)
+
+    start_step, position, val_loss = 0, 0, None
+    if resume_dir:
+        strategy.load_state(resume_dir)
+        state = torch.load(resume_dir / f"rank-{rank}.pt", weights_only=False)
+        restore_rng_state(state["rng"])
+        start_step, position, val_loss = state["step"], state["position"], state["val_loss"]
+
+    # --- data: this worker's shard of the rendered documents ---
+    records = load_records(config.dataset, "train", config.train_limit, seed=config.seed,
+                           text_field=config.text_field, summary_field=config.summary_field)
+    val_records = load_records(config.dataset, "validation", config.val_limit, seed=config.seed,
+                               text_field=config.text_field, summary_field=config.summary_field)
+    collate = SummaryCollator(family, prompt=config.prompt, max_length=config.max_length)
+    train_options = PageOptions(config.layout, config.max_pages, AugmentConfig() if config.augment else None,
+                                config.blank_pages)
+    val_options = PageOptions(config.layout, config.max_pages, None, config.blank_pages)
+    page_batches = PageBatches(
+        records, rank=rank, world_size=world_size, batch_size=config.batch_size, seed=config.seed,
+        options=train_options, collate=collate, start_micro_batch=position,
+    )
+    train_batches = iter(page_batches)
+    val_batches = validation_batches(val_records, rank=rank, world_size=world_size, batch_size=config.batch_size,
+                                     options=val_options, collate=collate)
+    stop = StopPoller(config.run_name)
+    log = MetricsLog(log_dir(config), config.run_name, config.to_dict()) if rank == 0 else None
+    if val_loss is None:
+        val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
+        if log:
+            log.log(start_step, {"val_loss": val_loss, "trainable_share": trainable_share(param_table)})
+
+    # --- train ---
+    window = Window()
+    for step in range(start_step + 1, config.max_steps + 1):
+        t_data = time.perf_counter()
+        micro_batches = [next(train_batches) for _ in range(config.grad_accum)]
+        t_compute = time.perf_counter()
+        step_tokens = all_reduce_sum(sum(b.num_target_tokens for b in micro_batches), device)
+
+        strategy.model.train()
+        loss_sum = 0.0
+        for i, batch in enumerate(micro_batches):
+            with amp_context(device, amp_dtype):
+                loss = strategy.model(**to_device(batch.inputs, device), num_items_in_batch=step_tokens).loss
+            strategy.backward(loss * world_size, last_micro_batch=i == len(micro_batches) - 1)
+            loss_sum += loss.item()  # a CPU-GPU sync point, once per micro-batch
+        grad_norm = strategy.step()
+        step_loss = all_reduce_sum(loss_sum, device)
+        window.add(micro_batches, t_compute - t_data, time.perf_counter() - t_compute, world_size)
+
+        evaluate_now = step % config.eval_every == 0 or step == config.max_steps
+        stopping = all_reduce_sum(float(stop.requested()), device) > 0
+        if evaluate_now:
+            val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
+        metrics = {"step": step, "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
+                   "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device)}
+        if log:
+            log.log(step, metrics)
+            if evaluate_now or step % config.log_every == 0:
+                print(f"step {step}/{config.max_steps}  loss {step_loss:.4f}  val_loss {val_loss:.4f}  "
+                      f"lr {metrics['lr']:.2e}  data wait {metrics['data_wait_share']:.0%}", flush=True)
+
+        if evaluate_now or stopping:
+            report_with_checkpoint(config, step, metrics, strategy, model, processor, family.name, rank,
+                                   position=step * config.grad_accum)
+        elif step % config.log_every == 0:
+            ray.train.report(metrics)
+        if evaluate_now or step % config.log_every == 0:
+            window = Window()
+        if stopping:
+            break
+    if log:
+        log.close()
+
+
+def report_with_checkpoint(config: TrainConfig, step: int, metrics: dict, strategy: Strategy, model, processor,
+                           family_name: str, rank: int, position: int) -> None:
+    """Every rank writes its part of `step-XXXXXX/` and reports it; Ray Train merges and persists them."""
+    weights = strategy.trained_weights()  # every rank: a collective under ZeRO-3
+
+    def write(folder: Path) -> None:
+        if rank == 0:
+            save_model_files(folder, step=step, model=model, processor=processor, config=config,
+                             family_name=family_name, metrics=metrics, weights=weights)
+        strategy.save_state(folder, rank)
+        torch.save({"step": step, "position": position, "val_loss": metrics["val_loss"], "rng": rng_state()},
+                   folder / f"rank-{rank}.pt")
+
+    with tempfile.TemporaryDirectory(prefix="deepsynth-ckpt-") as staging:
+        path = write_checkpoint(staging, step, write)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
+                         checkpoint_dir_name=step_dir_name(step))
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[Batch], device: torch.device, amp_dtype: torch.dtype | None) -> float:
+    """Mean loss per summary token over the whole validation set, across workers."""
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for batch in batches:
+        with amp_context(device, amp_dtype):
+            # num_items_in_batch=1 makes the model return the summed loss over the batch's tokens.
+            loss_sum += model(**to_device(batch.inputs, device), num_items_in_batch=1).loss.item()
+        tokens += batch.num_target_tokens
+    return all_reduce_sum(loss_sum, device) / max(1.0, all_reduce_sum(tokens, device))
+
+
+class Window:
+    """Throughput and data-wait share since the last report."""
+
+    def __init__(self) -> None:
+        self.samples = self.tokens = self.visual_tokens = 0
+        self.data_wait = self.compute = 0.0
+
+    def add(self, micro_batches: list[Batch], data_wait: float, compute: float, world_size: int) -> None:
+        # Every worker does the same, so this worker's counts times world_size estimate the global rates.
+        self.samples += world_size * sum(b.num_examples for b in micro_batches)
+        self.tokens += world_size * sum(int(b.inputs["attention_mask"].sum()) for b in micro_batches)
+        self.visual_tokens += world_size * sum(b.num_visual_tokens for b in micro_batches)
+        self.data_wait += data_wait
+        self.compute += compute
+
+    def rates(self) -> dict[str, float]:
+        elapsed = max(self.data_wait + self.compute, 1e-9)
+        return {
+            "samples_per_s": self.samples / elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "visual_tokens_per_s": self.visual_tokens / elapsed,
+            "data_wait_share": self.data_wait / elapsed,
+        }
+
+
+def make_strategy(config: TrainConfig, model, optimizer, scheduler, amp_dtype) -> Strategy:
+    if config.strategy == "deepspeed":
+        return DeepSpeedStrategy(model, optimizer, scheduler, zero_stage=config.zero_stage,
+                                 micro_batch_size=config.batch_size, grad_accum=config.grad_accum,
+                                 grad_clip=config.grad_clip, bf16=amp_dtype == torch.bfloat16)
+    # A 4-bit model is already placed by bitsandbytes and must not be moved again.
+    move = config.mode != "qlora"
+    return DDPStrategy(model, optimizer, scheduler, config.grad_clip,
+                       prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=move))
+
+
+def warmup_cosine(warmup_steps: int, max_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast where the hardware has it; None means plain fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def amp_context(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_device(inputs: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def all_reduce_sum(value: float, device: torch.device) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def log_dir(config: TrainConfig) -> Path:
+    """The run's log folder: beside its checkpoints for local storage, a local folder for cloud URIs."""
+    if "://" in config.storage_path:
+        return Path(tempfile.gettempdir()) / "deepsynth-logs" / config.run_name
+    return Path(config.storage_path) / config.run_name / "logs"

@@ -1,0 +1,155 @@
+"""Whole training runs on a real local Ray cluster with the tiny model (`ray_jobs/train.py`).
+
+Runs are kept to a few steps on small data; each checks what a user relies on: checkpoints that
+load, a frozen vision tower, exact resume after a stop, DDP and DeepSpeed giving the same training.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepsynth.model.loading import load_model_and_processor
+from deepsynth.training.checkpoint import load_checkpoint
+from ray_jobs import train
+
+SMOKE = "ray_jobs/configs/cpu_smoke.yaml"
+
+
+def run(tmp_path, model_dir, *overrides):
+    return train.main(["--config", SMOKE, f"storage_path={tmp_path}", f"model={model_dir}", "build_tiny_model=false",
+                       *overrides])
+
+
+def metrics(tmp_path, run_name):
+    rows = [json.loads(line) for line in (Path(tmp_path) / run_name / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows if "loss" in row}, rows[0]
+
+
+def vision_tensors(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".vision_tower." in f".{n}"}
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, tiny_model_dir, tmp_path_factory):
+    """The CPU smoke config: 2 workers x batch 2, LoRA, 8 steps."""
+    out = tmp_path_factory.mktemp("smoke")
+    return out, run(out, tiny_model_dir, "run_name=smoke")
+
+
+def test_smoke_run_writes_complete_checkpoints_and_learns(smoke):
+    out, summary = smoke
+    assert summary["status"] == "finished"
+    checkpoint = Path(summary["latest_checkpoint"])
+    assert checkpoint.name == "step-000008"
+    expected = {"adapter", "meta.json", "train_config.yaml", "optimizer.pt", "rank-0.pt", "rank-1.pt",
+                "processor_config.json", "tokenizer.json"}
+    assert expected <= {p.name for p in checkpoint.iterdir()}
+    assert not list(checkpoint.parent.glob("*.tmp"))
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    assert meta["step"] == 8 and meta["mode"] == "lora" and "transformers" in meta["versions"]
+
+    steps, first = metrics(out, "smoke")
+    assert sorted(steps) == list(range(1, 9))
+    for row in steps.values():
+        for key in ("loss", "lr", "samples_per_s", "tokens_per_s", "visual_tokens_per_s", "data_wait_share",
+                    "peak_memory_mb"):
+            assert math.isfinite(row[key]), key
+    assert steps[8]["loss"] < steps[1]["loss"]
+    assert steps[8]["val_loss"] < first["val_loss"]
+    assert 0 < first["trainable_share"] < 0.1
+
+
+def test_lora_checkpoint_changes_only_the_adapter(smoke, tiny_model_dir):
+    _, summary = smoke
+    base, _, _ = load_model_and_processor(str(tiny_model_dir))
+    base_state = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model, _, _ = load_checkpoint(summary["latest_checkpoint"])
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "the adapter trained"
+    assert not any("vision_tower" in n for n in lora), "no adapter on the vision tower"
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(param, base_state[base_name]), f"{name} changed"
+
+
+def test_ddp_two_workers_equal_one_worker_with_twice_the_batch(smoke, tiny_model_dir, tmp_path):
+    out, _ = smoke
+    run(tmp_path, tiny_model_dir, "run_name=single", "num_workers=1", "batch_size=4", "max_steps=3", "eval_every=3")
+    two_workers, _ = metrics(out, "smoke")
+    one_worker, _ = metrics(tmp_path, "single")
+    for step in (1, 2, 3):
+        assert one_worker[step]["loss"] == pytest.approx(two_workers[step]["loss"], abs=1e-4)
+
+
+def test_full_mode_trains_the_decoder_and_keeps_the_vision_tower(ray_cluster, tiny_model_dir, tmp_path):
+    summary = run(tmp_path, tiny_model_dir, "run_name=full", "mode=full", "num_workers=1", "max_steps=2",
+                  "eval_every=2", "lr=1e-3")
+    base, _, _ = load_model_and_processor(str(tiny_model_dir))
+    model, _, _ = load_checkpoint(summary["latest_checkpoint"])
+    for name, tensor in vision_tensors(base).items():
+        assert torch.equal(dict(model.named_parameters())[name], tensor), f"vision tensor {name} changed"
+    base_decoder = dict(base.model.language_model.named_parameters())
+    changed = [n for n, p in model.model.language_model.named_parameters() if not torch.equal(p, base_decoder[n])]
+    assert len(changed) > len(base_decoder) // 2
+    saved = load_file(Path(summary["latest_checkpoint"]) / "decoder.safetensors")
+    assert not any("vision_tower" in k for k in saved), "the checkpoint holds no vision weights"
+
+
+def test_qlora_run_quantizes_the_decoder(ray_cluster, tiny_model_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    summary = run(tmp_path, tiny_model_dir, "run_name=qlora", "mode=qlora", "num_workers=1", "max_steps=2",
+                  "eval_every=2")
+    assert (Path(summary["latest_checkpoint"]) / "adapter" / "adapter_model.safetensors").exists()
+    from deepsynth.training.modes import load_for_training
+
+    model, _, _ = load_for_training(str(tiny_model_dir), "qlora", dtype="float32", device="cpu")
+    decoder_linear = [m for n, m in model.model.language_model.named_modules() if n.endswith(("q_proj", "down_proj"))]
+    assert decoder_linear and all(isinstance(m, bnb.nn.Linear4bit) for m in decoder_linear)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_tower.modules())
+
+
+def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
+    common = [f"storage_path={tmp_path}", f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1",
+              "max_steps=6", "eval_every=6", "lora_dropout=0.1"]
+    train.main(["--config", SMOKE, "run_name=straight", *common])
+
+    command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, "run_name=stopped", *common]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    log = tmp_path / "stopped" / "logs" / "metrics.jsonl"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and '"step": 2,' in log.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output[-3000:]
+    assert '"status": "stopped"' in output
+    stopped_at = json.loads(output.strip().splitlines()[-1])["metrics"]["step"]
+    assert 2 <= stopped_at < 6
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert '"status": "finished"' in resumed.stdout
+
+    straight, _ = metrics(tmp_path, "straight")
+    interrupted, _ = metrics(tmp_path, "stopped")
+    assert sorted(interrupted) == list(range(1, 7)), "no step was lost or repeated"
+    for step in range(1, 7):
+        assert interrupted[step]["loss"] == pytest.approx(straight[step]["loss"], abs=1e-6), step
+    a = load_file(tmp_path / "straight" / "step-000006" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "stopped" / "step-000006" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
