@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch already installed, hence --no-build-isolation for the project install.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow test-gpu clean
+.PHONY: setup demo test test-slow test-gpu benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/python -m ray_jobs.demo
+	$(BIN)/python -m ray_jobs.train --config ray_jobs/configs/cpu_smoke.yaml
 
 test: setup
 	$(BIN)/python -m pytest
@@ -28,6 +29,11 @@ test-slow: setup
 
 test-gpu: setup
 	$(BIN)/python -m pytest -m gpu
+
+benchmarks: setup
+	$(BIN)/python -m benchmarks.train_overhead
+	$(BIN)/python -m benchmarks.train_memory
+	$(BIN)/python -m benchmarks.input_pipeline
 
 clean:
 	rm -rf $(VENV) .deepsynth

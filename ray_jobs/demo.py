@@ -31,8 +31,8 @@ from deepsynth.model.tiny import build_tiny_model
 
 @dataclass
 class DemoConfig:
-    out_dir: str = ".deepsynth/demo"
-    """Where the tiny model is built (under tiny-model/)."""
+    out_dir: str = ".deepsynth"
+    """Where the tiny model is built (under tiny-model/, where the CPU smoke training config expects it)."""
     num_documents: int = 8
     """Built-in corpus documents to render and run."""
     layout: str = "ocr2-page"

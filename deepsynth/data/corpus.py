@@ -2,9 +2,9 @@
 
 Each document is a regional statistics bulletin: one line per region, each reporting how a
 sector's figures moved ("Rail traffic in the eastern region fell 3.0 percent."). One of ten
-sectors is covered, and its figures either rose or fell everywhere. The reference summary
-names exactly those two facts ("Rail traffic fell."); neither is in the prompt, so a model can
-only write the summary by reading the page.
+sectors is covered, and its figures either rose or fell everywhere. The reference summary is a
+headline naming exactly those two facts ("Rail traffic fell"); neither is in the prompt, so a
+model can only write the summary by reading the page.
 
 Why bulletins rather than prose: a tiny random-initialised vision tower can only tell pages
 apart by how they look in bulk. In a bulletin the sector's name starts every line, so it
@@ -16,7 +16,7 @@ The corpus is a pure function of (split, index, seed), so every machine generate
 documents, and the splits never share a document.
 
     docs = generate_corpus("train", num_documents=200, seed=0)
-    docs[0] == {"id": "train-00000", "text": "...", "summary": "Rail traffic fell.", ...}
+    docs[0] == {"id": "train-00000", "text": "...", "summary": "Rail traffic fell", ...}
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def generate_document(split: str, index: int, seed: int = 0, num_lines: int = 28
     return {
         "id": f"{split}-{index:05d}",
         "text": f"Regional bulletin no. {rng.randint(100, 999)}\n" + "\n".join(lines),
-        "summary": f"{topic} {trend}.",
+        "summary": f"{topic} {trend}",
         "topic": topic,
         "trend": trend,
     }

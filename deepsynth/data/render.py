@@ -79,23 +79,44 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def wrap_lines(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
-    """Greedy word wrap. Paragraph breaks are kept; a word wider than the line is split by characters."""
+    """Greedy word wrap. Paragraph breaks are kept; a word wider than the line is split by characters.
+
+    Words are measured once each and lines by summing their widths; a finished line is measured
+    whole, and if kerning pushed it past the width its last word moves to the next line.
+    """
+    space = font.getlength(" ")
+    widths: dict[str, float] = {}
     lines: list[str] = []
+
+    def finish(words: list[str]) -> list[str]:
+        """Emit `words` as a line; return the words that did not fit after all."""
+        carry: list[str] = []
+        while len(words) > 1 and font.getlength(" ".join(words)) > max_width:
+            carry.insert(0, words.pop())
+        lines.append(" ".join(words))
+        return carry
+
     for paragraph in text.replace("\r\n", "\n").split("\n"):
-        line = ""
+        words: list[str] = []
+        width = 0.0
         for word in paragraph.split():
-            candidate = f"{line} {word}" if line else word
-            if font.getlength(candidate) <= max_width:
-                line = candidate
-                continue
-            if line:
-                lines.append(line)
-            while font.getlength(word) > max_width:
+            if word not in widths:
+                widths[word] = font.getlength(word)
+            while widths[word] > max_width:  # an overlong word gets lines of its own
+                if words:
+                    words = finish(words)
                 cut = max(1, _fitting_prefix(word, font, max_width))
                 lines.append(word[:cut])
                 word = word[cut:]
-            line = word
-        lines.append(line)
+                widths[word] = font.getlength(word)
+            if words and width + space + widths[word] > max_width:
+                words = finish(words)
+            words.append(word)
+            width = sum(widths[w] for w in words) + space * (len(words) - 1)
+        if not words:
+            lines.append("")  # an empty paragraph is a blank line
+        while words:
+            words = finish(words)
     return lines
 
 

@@ -62,10 +62,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
         model, family, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
         targets=config.lora_targets, freeze_projector=config.freeze_projector,
     )
-    checkpoint = ray.train.get_checkpoint()
-    resume_dir = Path(checkpoint.to_directory()) if checkpoint else None
-    if resume_dir:
-        load_trained_weights(model, resume_dir, config.mode)
+    checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            load_trained_weights(model, Path(folder), config.mode)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -73,9 +73,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     strategy = make_strategy(config, model, optimizer, scheduler, amp_dtype)
 
     start_step, position, val_loss = 0, 0, None
-    if resume_dir:
-        strategy.load_state(resume_dir)
-        state = torch.load(resume_dir / f"rank-{rank}.pt", weights_only=False)
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            strategy.load_state(Path(folder))
+            state = torch.load(Path(folder) / f"rank-{rank}.pt", weights_only=False)
         restore_rng_state(state["rng"])
         start_step, position, val_loss = state["step"], state["position"], state["val_loss"]
 
@@ -125,7 +126,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         stopping = all_reduce_sum(float(stop.requested()), device) > 0
         if evaluate_now:
             val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
-        metrics = {"step": step, "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
+        metrics = {"step": step, "time": time.time(), "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
                    "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device)}
         if log:
             log.log(step, metrics)
@@ -182,7 +183,7 @@ class Window:
     """Throughput and data-wait share since the last report."""
 
     def __init__(self) -> None:
-        self.samples = self.tokens = self.visual_tokens = 0
+        self.steps = self.samples = self.tokens = self.visual_tokens = 0
         self.data_wait = self.compute = 0.0
 
     def add(self, micro_batches: list[Batch], data_wait: float, compute: float, world_size: int) -> None:
@@ -190,6 +191,7 @@ class Window:
         self.samples += world_size * sum(b.num_examples for b in micro_batches)
         self.tokens += world_size * sum(int(b.inputs["attention_mask"].sum()) for b in micro_batches)
         self.visual_tokens += world_size * sum(b.num_visual_tokens for b in micro_batches)
+        self.steps += 1
         self.data_wait += data_wait
         self.compute += compute
 
@@ -200,6 +202,7 @@ class Window:
             "tokens_per_s": self.tokens / elapsed,
             "visual_tokens_per_s": self.visual_tokens / elapsed,
             "data_wait_share": self.data_wait / elapsed,
+            "data_wait_s": self.data_wait / max(1, self.steps),
         }
 
 
