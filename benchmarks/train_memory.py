@@ -5,14 +5,17 @@
 The model is the real architecture (SAM, vision encoder with learned queries, MoE decoder with
 routed and shared experts) at about 100M parameters, randomly initialised and saved once. Each
 mode then trains a few steps in a fresh process, so one mode's allocations cannot hide another's.
-On a GPU the figure is CUDA's max allocated memory; on a CPU it is the process's peak resident
-memory minus that of a process that imported the same libraries and loaded nothing.
+The peak is taken over the training steps, after loading (loading a 4-bit model on a CPU passes
+through full-precision tensors, which is not what training costs): CUDA's max allocated memory
+on a GPU; on a CPU the process's peak resident memory, reset after loading, minus that of a
+process that imported the same libraries and loaded nothing.
 Targets: LoRA <= 0.5x full, QLoRA <= 0.35x full.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
@@ -21,34 +24,20 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import build_medium_model, report
 
 MODES = ("full", "lora", "qlora")
 
 
-def build_model(folder: Path) -> int:
-    """Save a ~100M-parameter DeepSeek-OCR-2 with the tiny model's tokenizer and processor."""
-    from transformers import AutoProcessor, DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
-
-    from deepsynth.model.tiny import build_tiny_model
-
-    tiny = build_tiny_model(folder / "tiny")
-    processor = AutoProcessor.from_pretrained(tiny)
-    base = DeepseekOcr2Config.from_pretrained(tiny).to_dict()
-    base["vision_config"]["sam_config"].update(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                               output_channels=128, downsample_channels=[256, 512])
-    base["vision_config"]["encoder_config"].update(hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                                                   num_attention_heads=8, num_key_value_heads=2)
-    base["text_config"].update(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                               mlp_layer_types=["dense"] + ["sparse"] * 7, num_attention_heads=8,
-                               num_key_value_heads=8, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=2,
-                               moe_intermediate_size=512, vocab_size=32000)
-    config = DeepseekOcr2Config(**{k: v for k, v in base.items() if k in ("vision_config", "text_config", "image_token_id")})
-    torch.manual_seed(0)
-    model = DeepseekOcr2ForConditionalGeneration(config)
-    model.save_pretrained(folder / "model")
-    processor.save_pretrained(folder / "model")
-    return model.num_parameters()
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Linux: hand the heap that loading freed back to the OS (glibc keeps it otherwise, and the
+    # resident size would still count the full-precision weights a 4-bit load passed through),
+    # then restart the peak-RSS count from now.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def measure(mode: str, model_dir: str, steps: int, batch_size: int) -> dict:
@@ -61,9 +50,11 @@ def measure(mode: str, model_dir: str, steps: int, batch_size: int) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if mode == "baseline":
+        reset_peak_memory(device)
         return {"peak_mb": peak_memory_mb(device)}
     model, _, family = load_for_training(model_dir, mode, dtype="float32", device=str(device))
     model, rows = prepare_trainable(model, family, mode, rank=16, alpha=32, dropout=0.0)
+    reset_peak_memory(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     records = load_records("builtin", "train", batch_size)
     batch = SummaryCollator(family)([{"pages": render_pages(r["text"], get_layout("ocr2-page")), "summary": r["summary"]}
@@ -88,7 +79,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        num_parameters = build_model(Path(tmp))
+        num_parameters = build_medium_model(Path(tmp))
         results = {}
         for mode in ("baseline", *MODES):
             out = subprocess.run(

@@ -153,15 +153,19 @@ def load_trained_weights(model: nn.Module, path: str | Path, mode: str) -> None:
             )
 
 
-def load_checkpoint(path: str | Path, *, dtype: str = "auto", device: str = "cpu", merge: bool = False) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, *, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False
+) -> LoadedModel:
     """Load a checkpoint for inference: the base model with the trained weights or adapter applied.
 
-    `merge=True` folds a LoRA adapter into the base weights (faster inference, no PEFT wrapper).
+    A QLoRA adapter is applied to the base model in `dtype`, not in 4 bits.
     """
     path = Path(path)
     meta = read_meta(path)
     # Training never changes the processor, so the base model's is the checkpoint's.
-    base, processor, family = load_model_and_processor(meta["base_model"], dtype=dtype, device=device)
+    base, processor, family = load_model_and_processor(
+        meta["base_model"], dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    )
     if meta["mode"] == "full":
         load_trained_weights(base, path, "full")
         model = base
@@ -173,7 +177,5 @@ def load_checkpoint(path: str | Path, *, dtype: str = "auto", device: str = "cpu
         # tensors ourselves fails loudly instead.
         model = get_peft_model(base, LoraConfig.from_pretrained(path / ADAPTER_DIR))
         load_trained_weights(model, path, meta["mode"])
-        if merge:
-            model = model.merge_and_unload()
     model.eval()
     return LoadedModel(model, processor, family)

@@ -180,11 +180,11 @@ def evaluate(model, batches: list[Batch], device: torch.device, amp_dtype: torch
 
 
 class Window:
-    """Throughput and data-wait share since the last report."""
+    """Throughput and data-wait share since the last report, and the last step's own times."""
 
     def __init__(self) -> None:
         self.steps = self.samples = self.tokens = self.visual_tokens = 0
-        self.data_wait = self.compute = 0.0
+        self.data_wait = self.compute = self.last_data_wait = self.last_compute = 0.0
 
     def add(self, micro_batches: list[Batch], data_wait: float, compute: float, world_size: int) -> None:
         # Every worker does the same, so this worker's counts times world_size estimate the global rates.
@@ -192,6 +192,7 @@ class Window:
         self.tokens += world_size * sum(int(b.inputs["attention_mask"].sum()) for b in micro_batches)
         self.visual_tokens += world_size * sum(b.num_visual_tokens for b in micro_batches)
         self.steps += 1
+        self.last_data_wait, self.last_compute = data_wait, compute
         self.data_wait += data_wait
         self.compute += compute
 
@@ -202,7 +203,9 @@ class Window:
             "tokens_per_s": self.tokens / elapsed,
             "visual_tokens_per_s": self.visual_tokens / elapsed,
             "data_wait_share": self.data_wait / elapsed,
-            "data_wait_s": self.data_wait / max(1, self.steps),
+            # This step's own times, so a log of every step adds up exactly.
+            "data_wait_s": self.last_data_wait,
+            "compute_s": self.last_compute,
         }
 
 
