@@ -12,7 +12,7 @@ collation, training, serving) talks only to this protocol.
 - `V1Family` rebuilds the input layout of the remote-code `deepseek-ai/DeepSeek-OCR`
   checkpoint: `images=[(crops, global_views)]`, `images_seq_mask`, `images_spatial_crop`.
 
-    family = family_for(model, processor)
+    model, processor, family = load_model_and_processor(path)   # picks the family
     encoded = family.encode_prompt(pages, "Summarize the document.")
 """
 

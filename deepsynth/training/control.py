@@ -2,11 +2,11 @@
 
 A SIGTERM or SIGINT reaches the job's driver process, not the Ray Train workers. The driver
 sets a flag on a small named actor (`StopSignal`), and the loop polls it once per step; the
-workers agree on the answer with an all-reduce, save a checkpoint and return. A stop therefore
-loses at most the step in flight.
+workers agree on the answer with an all-reduce, finish the step in flight, save a checkpoint
+and return, so a stop loses no finished step.
 
     signal = StopSignal.options(name=stop_signal_name(run), get_if_exists=True).remote()   # driver
-    requested = stop_requested(stop_signal_name(run))                                       # worker, per step
+    requested = StopPoller(run).requested()                                                 # worker, per step
 """
 
 from __future__ import annotations

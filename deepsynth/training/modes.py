@@ -6,7 +6,7 @@ found among the *decoder's* linear layers and passed to PEFT as full module name
 MoE layers are fused 3-D parameters, not linear modules; LoRA adapts the attention, the dense
 MLPs and the shared experts, and full mode trains the routed experts too.
 
-    model = load_for_training(config.model, config.mode, ...)
+    model, processor, family = load_for_training(name, "lora", dtype="bfloat16", device="cuda")
     model, table = prepare_trainable(model, family, mode="lora", rank=16, alpha=32, dropout=0.05)
 """
 

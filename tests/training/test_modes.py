@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from deepsynth.training.modes import DEFAULT_LORA_SUFFIXES, find_lora_targets, prepare_trainable, trainable_share
 
