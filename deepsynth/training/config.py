@@ -117,11 +117,11 @@ class TrainConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
+        resolve_dtype(self.dtype)  # raises naming dtype and its choices
         try:
-            resolve_dtype(self.dtype)
             get_layout(self.layout)
         except ValueError as err:
-            raise ValueError(f"{'dtype' if 'dtype' in str(err) else 'layout'}: {err}") from None
+            raise ValueError(f"layout: {err}") from None
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}.")
         if self.lr <= 0:
