@@ -1,0 +1,1 @@
+"""Evaluation parts: batched summary generation with a repetition guard, and summary metrics."""
