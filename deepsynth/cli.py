@@ -4,12 +4,16 @@ Jobs that run on Ray (training, sweeps, evaluation) are entry scripts in `ray_jo
 this command holds what a user runs on their own machine.
 
     deepsynth model init-tiny runs/tiny-model
+    deepsynth export runs/x/step-000500 --out exports/x [--merge] [--push-to-hub me/repo]
+    deepsynth eval --checkpoint runs/x/step-000500 --benchmark xsum --limit 500
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from huggingface_hub.errors import HfHubHTTPError
 
 from deepsynth import __version__
 
@@ -19,6 +23,24 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
     out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, sam_patch_size=args.sam_patch_size)
     print(f"Wrote a tiny random-initialised DeepSeek-OCR-2 to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from deepsynth.export import export_checkpoint, push_to_hub
+
+    out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    print(f"Exported {'a merged model' if args.merge else 'the checkpoint'} with a model card to {out}")
+    if args.push_to_hub:
+        url = push_to_hub(out, args.push_to_hub, private=not args.public)
+        print(f"Pushed to {url}")
+    return 0
+
+
+def _eval(arguments: list[str]) -> int:
+    from ray_jobs.evaluate import main as evaluate
+
+    evaluate(arguments)
     return 0
 
 
@@ -37,16 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="32: fast, 768 px global view (145 visual tokens a page); 16: the real checkpoint's sizes",
     )
     tiny.set_defaults(handler=_init_tiny)
+
+    export = commands.add_parser("export", help="export a checkpoint as a PEFT adapter or merged model, with a model card")
+    export.add_argument("checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")
+    export.add_argument("--out", required=True, help="an empty or new folder")
+    export.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the base weights")
+    export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo with HF_TOKEN")
+    export.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
+    export.set_defaults(handler=_export)
+
+    # Listed for --help; main() hands everything after "eval" to ray_jobs.evaluate, which parses it.
+    commands.add_parser("eval", help="evaluate a checkpoint or model (the arguments of python -m ray_jobs.evaluate)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        return _eval(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"deepsynth: error: {err}", file=sys.stderr)
         return 2
+    except HfHubHTTPError as err:
+        # The Hub's message names the URL and the reason; it never carries the token.
+        print(f"deepsynth: the Hub refused the request: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Evaluate a checkpoint (or a base model) on a dataset split: ROUGE, lengths, compression, repetition.
 
     python -m ray_jobs.evaluate --checkpoint .deepsynth/runs/cpu-smoke/step-000008 --limit 20
-    python -m ray_jobs.evaluate --model deepseek-community/DeepSeek-OCR-2 --dataset cnn_dailymail --split test
+    python -m ray_jobs.evaluate --model deepseek-community/DeepSeek-OCR-2 --benchmark cnn_dailymail --limit 1000 --ray-data
+    ray job submit --working-dir . -- python -m ray_jobs.evaluate --checkpoint s3://.../step-000500 --benchmark xsum --ray-data
 
 Documents are rendered to pages, summarized with batched `generate` (greedy or beam search,
-with the repetition guard unless turned off) and scored with `rouge-score`. The JSON report
-goes next to the checkpoint (`eval-<dataset>-<split>.json`) or to `--out`, with the
-predictions beside it as JSONL; a table is printed.
+with the repetition guard unless turned off) and scored with `rouge-score`. With `--ray-data`
+the documents stream through Ray Data: rendering tasks, then `--concurrency` model replicas
+(one GPU each when the cluster has GPUs). A benchmark preset names the dataset and split and
+adds the published reference scores to the report. The JSON report goes next to the
+checkpoint (`eval-<dataset>-<split>.json`) or to `--out`, with the predictions beside it as
+JSONL; a table is printed. `deepsynth eval` takes the same arguments.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
+import numpy as np
+
 from deepsynth.data.compression import compression_stats
 from deepsynth.data.datasets import load_records
+from deepsynth.data.pages import decode_pages, render_batch
 from deepsynth.data.render import get_layout, render_pages
+from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
 from deepsynth.model.loading import load_model_and_processor
@@ -32,8 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")
     source.add_argument("--model", help="a base model: hub id or local folder")
-    parser.add_argument("--dataset", default="builtin")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a preset: dataset, split, reference scores")
+    parser.add_argument("--dataset", default="builtin", help="ignored with --benchmark")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="ignored with --benchmark")
     parser.add_argument("--limit", type=int, default=20, help="documents to evaluate")
     parser.add_argument("--layout", default="ocr2-page")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -42,54 +51,110 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-repeat-ngram-size", type=int, default=4, help="0 turns the n-gram guard off")
     parser.add_argument("--repetition-penalty", type=float, default=1.1, help="1.0 turns it off")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ray-data", action="store_true", help="stream documents through Ray Data model replicas")
+    parser.add_argument("--concurrency", type=int, default=1, help="model replicas with --ray-data")
     parser.add_argument("--out", help="report path (default: next to the checkpoint, or ./eval-*.json)")
     return parser.parse_args(argv)
 
 
+class Summarizer:
+    """A Ray Data model replica: rendered rows in, rows with `prediction` and token counts out."""
+
+    def __init__(self, checkpoint: str | None, model: str | None, options: GenerationOptions, device: str):
+        self.model, self.processor, self.family = load_source(checkpoint, model, device)
+        self.options = options
+
+    def __call__(self, batch: dict) -> dict:
+        documents = [decode_pages(pages) for pages in batch["pages"]]
+        batch["prediction"] = np.array(
+            generate_summaries(self.model, self.processor, documents, options=self.options, batch_size=len(documents)),
+            dtype=object,
+        )
+        stats = [compression_stats(str(text), pages, self.family) for text, pages in zip(batch["text"], documents)]
+        batch["text_tokens"] = np.array([s.text_tokens for s in stats])
+        batch["visual_tokens"] = np.array([s.visual_tokens for s in stats])
+        del batch["pages"]
+        return batch
+
+
+def load_source(checkpoint: str | None, model: str | None, device: str):
+    loaded = load_checkpoint(checkpoint, device=device) if checkpoint else load_model_and_processor(model, device=device)
+    loaded.model.eval()
+    return loaded
+
+
+def summarize_in_process(args, records: list[dict], options: GenerationOptions) -> list[dict]:
+    model, processor, family = load_source(args.checkpoint, args.model, args.device)
+    documents = [render_pages(record["text"], get_layout(args.layout)) for record in records]
+    predictions = generate_summaries(model, processor, documents, options=options, batch_size=args.batch_size)
+    rows = []
+    for record, pages, prediction in zip(records, documents, predictions):
+        stats = compression_stats(record["text"], pages, family)
+        rows.append({**record, "prediction": prediction, "text_tokens": stats.text_tokens,
+                     "visual_tokens": stats.visual_tokens})
+    return rows
+
+
+def summarize_with_ray_data(args, records: list[dict], options: GenerationOptions) -> list[dict]:
+    import ray
+    import torch
+
+    ray.init(ignore_reinit_error=True)
+    use_gpu = args.device.startswith("cuda") and torch.cuda.is_available()
+    rows = (
+        ray.data.from_items(records)
+        .map_batches(render_batch, fn_kwargs={"layout": args.layout}, batch_size=args.batch_size)
+        .map_batches(Summarizer, fn_constructor_kwargs={"checkpoint": args.checkpoint, "model": args.model,
+                                                        "options": options, "device": args.device},
+                     batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=1 if use_gpu else 0)
+        .take_all()
+    )
+    order = {record["id"]: i for i, record in enumerate(records)}
+    return sorted(rows, key=lambda row: order[row["id"]])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    benchmark = BENCHMARKS.get(args.benchmark) if args.benchmark else None
+    dataset, split = (benchmark.dataset, benchmark.split) if benchmark else (args.dataset, args.split)
     try:
         options = GenerationOptions(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size,
                                     args.repetition_penalty)
-        layout = get_layout(args.layout)
-        records = load_records(args.dataset, args.split, args.limit)
-    except ValueError as err:
+        get_layout(args.layout)
+        records = load_records(dataset, split, args.limit)
+    except (ValueError, RuntimeError) as err:
         sys.exit(f"evaluate: error: {err}")
-    if args.checkpoint:
-        model, processor, family = load_checkpoint(args.checkpoint, device=args.device)
-    else:
-        model, processor, family = load_model_and_processor(args.model, device=args.device)
-    model.eval()
+    rows = (summarize_with_ray_data if args.ray_data else summarize_in_process)(args, records, options)
 
-    documents = [render_pages(record["text"], layout) for record in records]
-    predictions = generate_summaries(model, processor, documents, options=options, batch_size=args.batch_size)
-    references = [record["summary"] for record in records]
-    compression = [compression_stats(r["text"], pages, family) for r, pages in zip(records, documents)]
+    predictions = [str(row["prediction"]) for row in rows]
+    references = [row["summary"] for row in rows]
     report = {
         "source": args.checkpoint or args.model,
-        "dataset": args.dataset,
-        "split": args.split,
-        "documents": len(records),
+        "dataset": dataset,
+        "split": split,
+        "documents": len(rows),
         "generation": asdict(options),
         "rouge": rouge_scores(predictions, references),
         "prediction_words": mean_words(predictions),
         "reference_words": mean_words(references),
-        "compression_ratio": mean(c.ratio for c in compression),
-        "visual_tokens_per_document": mean(c.visual_tokens for c in compression),
+        "compression_ratio": mean(int(r["text_tokens"]) / int(r["visual_tokens"]) for r in rows),
+        "visual_tokens_per_document": mean(int(r["visual_tokens"]) for r in rows),
         "repetition_rate": repetition_rate(predictions),
+        "reference": asdict(benchmark) if benchmark and benchmark.reference_rouge else None,
     }
-
-    default_name = f"eval-{Path(args.dataset).stem}-{args.split}.json"
+    default_name = f"eval-{Path(dataset).stem}-{split}.json"
     out = Path(args.out) if args.out else Path(args.checkpoint or ".") / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     with out.with_suffix(".predictions.jsonl").open("w") as f:
-        for record, prediction in zip(records, predictions):
-            f.write(json.dumps({"id": record["id"], "prediction": prediction, "reference": record["summary"]}) + "\n")
+        for row, prediction in zip(rows, predictions):
+            f.write(json.dumps({"id": row["id"], "prediction": prediction, "reference": row["summary"]}) + "\n")
 
-    print(f"{'metric':<28} value")
+    reference = benchmark.reference_rouge if benchmark else None
+    print(f"{'metric':<28} {'value':>8}" + (f"  {benchmark.reference_model} (published)" if reference else ""))
     for kind, value in report["rouge"].items():
-        print(f"{kind:<28} {value:.4f}")
+        published = f"  {reference[kind] / 100:.4f}" if reference else ""
+        print(f"{kind:<28} {value:>8.4f}{published}")
     for key in ("prediction_words", "reference_words", "compression_ratio", "repetition_rate"):
         print(f"{key:<28} {report[key]:.4f}")
     print(f"Report: {out}")

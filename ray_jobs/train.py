@@ -65,7 +65,8 @@ def check_lora_targets(config: TrainConfig) -> None:
     find_lora_targets(skeleton, family, config.lora_targets)
 
 
-def build_trainer(config: TrainConfig) -> TorchTrainer:
+def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer for `config`; `callbacks` go to Ray Train (Tune passes its report callback)."""
     env = {"DS_ACCELERATOR": "cpu"} if config.strategy == "deepspeed" and not config.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker,
@@ -85,6 +86,7 @@ def build_trainer(config: TrainConfig) -> TorchTrainer:
             ),
             failure_config=FailureConfig(max_failures=config.max_failures),
             worker_runtime_env={"env_vars": env},
+            callbacks=callbacks,
         ),
     )
 

@@ -127,7 +127,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if evaluate_now:
             val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
         metrics = {"step": step, "time": time.time(), "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
-                   "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device)}
+                   "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device),
+                   "trainable_parameters": param_table[-1].trainable}
         if log:
             log.log(step, metrics)
             if evaluate_now or step % config.log_every == 0:

@@ -75,3 +75,28 @@ def test_evaluate_writes_a_report_next_to_the_checkpoint(tiny, tiny_model_dir, t
     rows = [json.loads(line) for line in (checkpoint / "eval-builtin-test.predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 20
     assert report["rouge"] == rouge_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+
+
+def test_evaluation_through_ray_data_replicas_matches_in_process(ray_cluster, lora_checkpoint, tmp_path):
+    args = ["--checkpoint", str(lora_checkpoint), "--benchmark", "builtin", "--limit", "8", "--max-new-tokens", "6",
+            "--batch-size", "4"]
+    local = evaluate.main([*args, "--out", str(tmp_path / "local.json")])
+    distributed = evaluate.main([*args, "--out", str(tmp_path / "ray.json"), "--ray-data", "--concurrency", "2"])
+    assert distributed["rouge"] == local["rouge"]
+    assert distributed["compression_ratio"] == local["compression_ratio"]
+    read = lambda name: (tmp_path / name).read_text()  # noqa: E731
+    assert read("ray.predictions.jsonl") == read("local.predictions.jsonl")
+
+
+def test_deepsynth_eval_is_the_same_command(lora_checkpoint, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    deepsynth = str(Path(sys.executable).parent / "deepsynth")
+    result = subprocess.run([deepsynth, "eval", "--checkpoint", str(lora_checkpoint), "--limit", "4",
+                             "--max-new-tokens", "4", "--out", str(tmp_path / "cli.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "cli.json").read_text())["documents"] == 4
+    assert "rouge1" in result.stdout

@@ -1,0 +1,199 @@
+"""Sweep LoRA ranks (and alpha, learning rate, dropout, target modules) with Ray Tune over Ray Train.
+
+    python -m ray_jobs.tune_lora --config ray_jobs/configs/sweep_cpu.yaml
+    ray job submit --working-dir . -- python -m ray_jobs.tune_lora --config ray_jobs/configs/sweep_ocr2.yaml
+
+Each trial is a `TorchTrainer` run of the same training loop as `ray_jobs.train`, reporting to
+Tune as it goes; ASHA stops trials whose val loss lags. After training, a trial scores its best
+checkpoint's ROUGE-L on a few validation documents. Trials are named after their parameters,
+so running the same command again continues an interrupted sweep, or just reports a finished
+one. The results table (CSV next to the sweep, and printed) lists rank, trainable parameters,
+val loss, ROUGE-L, samples/s and peak memory, and the best trial's checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from deepsynth.data.datasets import load_records
+from deepsynth.data.render import get_layout, render_pages
+from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
+from deepsynth.evaluation.metrics import rouge_scores
+from deepsynth.training.checkpoint import load_checkpoint
+from deepsynth.training.config import TrainConfig, config_from_dict, load_config
+from ray_jobs.train import build_trainer, check_lora_targets, resolve_paths, start_ray
+
+
+@dataclass
+class SweepConfig:
+    sweep_name: str
+    """Name of the sweep; re-running with the same name continues or reports it."""
+    base_config: str
+    """The training YAML every trial starts from."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig keys set for every trial."""
+    ranks: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    lrs: list[float] = field(default_factory=lambda: [2e-4])
+    alphas: str | list[int] = "tied"
+    """"tied" (alpha = alpha_per_rank * rank) or a list of alphas to search."""
+    alpha_per_rank: float = 2.0
+    dropouts: list[float] = field(default_factory=lambda: [0.05])
+    target_sets: list[list[str] | None] | None = None
+    """Target-module sets to search; None searches only the automatic decoder targets."""
+    max_concurrent_trials: int = 8
+    """Upper bound; the sweep also never asks for more workers than the cluster has."""
+    grace_period: int = 1
+    """ASHA: steps a trial runs before it can be stopped."""
+    rouge_documents: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.ranks or any(r < 1 for r in self.ranks):
+            raise ValueError(f"ranks must be positive integers, got {self.ranks}.")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"lrs must be positive, got {self.lrs}.")
+        if self.alphas != "tied" and (not isinstance(self.alphas, list) or not self.alphas):
+            raise ValueError(f"alphas must be 'tied' or a list of values, got {self.alphas!r}.")
+        for name in ("max_concurrent_trials", "grace_period", "rouge_documents"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+
+    def trials(self) -> list[dict]:
+        """Every combination of the searched values, as TrainConfig overrides with a stable run name."""
+        alphas = [None] if self.alphas == "tied" else self.alphas
+        out = []
+        for rank, lr, alpha, dropout, targets in itertools.product(
+            self.ranks, self.lrs, alphas, self.dropouts, self.target_sets or [None]
+        ):
+            alpha = int(self.alpha_per_rank * rank) if alpha is None else alpha
+            name = f"{self.sweep_name}-r{rank}-a{alpha}-lr{lr:g}-d{dropout:g}" + (
+                f"-t{'+'.join(targets)}" if targets else ""
+            )
+            out.append({"run_name": name, "lora_rank": rank, "lora_alpha": alpha, "lr": lr, "lora_dropout": dropout,
+                        "lora_targets": targets})
+        return out
+
+
+def load_sweep(path: str) -> SweepConfig:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    known = set(SweepConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown sweep keys {unknown} in {path}; known keys: {sorted(known)}.")
+    return SweepConfig(**values)
+
+
+def concurrent_trials(base: TrainConfig, requested: int) -> int:
+    """As many trials as the cluster's GPUs (or CPUs) can hold at once, at most `requested`."""
+    resources = ray.cluster_resources()
+    if base.use_gpu:
+        capacity = int(resources.get("GPU", 0) // base.num_workers)
+    else:
+        capacity = int(resources.get("CPU", 0) // (base.num_workers * base.cpus_per_worker))
+    if capacity < 1:
+        raise ValueError(
+            f"The cluster ({resources.get('GPU', 0)} GPUs, {resources.get('CPU', 0)} CPUs) cannot hold one trial of "
+            f"{base.num_workers} workers; lower num_workers in the sweep's overrides."
+        )
+    return min(requested, capacity)
+
+
+def run_trial(params: dict) -> None:
+    """One Tune trial: a Ray Train run, then ROUGE-L of its best checkpoint."""
+    config = config_from_dict(dict(params["train"]))
+    result = build_trainer(config, callbacks=[TuneReportCallback()]).fit()
+    ranked = sorted(result.best_checkpoints, key=lambda pair: pair[1]["val_loss"])
+    best_path, best_metrics = ranked[0][0].path, ranked[0][1]
+
+    records = load_records(config.dataset, "validation", params["rouge_documents"], seed=config.seed,
+                           text_field=config.text_field, summary_field=config.summary_field)
+    model, processor, _ = load_checkpoint(best_path)
+    documents = [render_pages(r["text"], get_layout(config.layout)) for r in records]
+    predictions = generate_summaries(model, processor, documents, options=GenerationOptions(max_new_tokens=32))
+    rouge_l = rouge_scores(predictions, [r["summary"] for r in records])["rougeL"]
+    tune.report({**best_metrics, "best_val_loss": best_metrics["val_loss"], "rouge_l": rouge_l,
+                 "checkpoint_path": best_path, "step": config.max_steps + 1})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="a sweep YAML, e.g. ray_jobs/configs/sweep_cpu.yaml")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.config)
+        base = resolve_paths(load_config(sweep.base_config, [f"{k}={json.dumps(v)}" for k, v in sweep.overrides.items()]))
+        trials = [config_from_dict({**asdict(base), **trial}) for trial in sweep.trials()]
+        for trial in trials:
+            check_lora_targets(trial)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"tune_lora: error: {err}")
+    if base.build_tiny_model and not (Path(base.model) / "config.json").exists():
+        from deepsynth.model.tiny import build_tiny_model
+
+        build_tiny_model(base.model)
+
+    start_ray(base)
+    path = f"{base.storage_path}/{sweep.sweep_name}"
+    # A trial only drives its Ray Train run, so it holds a sliver of a CPU; the workers hold the rest.
+    trainable = tune.with_resources(run_trial, {"cpu": 0.1})
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"train": tune.grid_search([asdict(t) for t in trials]),
+                         "rouge_documents": sweep.rouge_documents},
+            tune_config=tune.TuneConfig(
+                scheduler=ASHAScheduler(metric="val_loss", mode="min", time_attr="step", max_t=base.max_steps + 1,
+                                        grace_period=sweep.grace_period),
+                max_concurrent_trials=concurrent_trials(base, sweep.max_concurrent_trials),
+                trial_dirname_creator=lambda trial: trial.config["train"]["run_name"],
+            ),
+            run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=base.storage_path),
+        )
+    results = tuner.fit()
+
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        train = result.config["train"]
+        rows.append({
+            "run": train["run_name"], "rank": train["lora_rank"], "alpha": train["lora_alpha"], "lr": train["lr"],
+            "dropout": train["lora_dropout"], "trainable_parameters": metrics.get("trainable_parameters"),
+            "val_loss": metrics.get("best_val_loss", metrics.get("val_loss")), "rouge_l": metrics.get("rouge_l"),
+            "samples_per_s": metrics.get("samples_per_s"), "peak_memory_mb": metrics.get("peak_memory_mb"),
+            "checkpoint": metrics.get("checkpoint_path"), "status": "error" if result.error else "done",
+        })
+    finished = [r for r in rows if r["val_loss"] is not None and r["checkpoint"]]
+    best = min(finished, key=lambda r: r["val_loss"]) if finished else None
+    table = Path(path) / "results.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    print(f"\n{'rank':>5} {'alpha':>6} {'lr':>9} {'trainable':>10} {'val_loss':>9} {'rougeL':>7} {'samples/s':>10} {'peak MB':>8}")
+    for r in sorted(rows, key=lambda r: r["rank"]):
+        print(f"{r['rank']:>5} {r['alpha']:>6} {r['lr']:>9.2e} {r['trainable_parameters'] or 0:>10} "
+              f"{r['val_loss'] or float('nan'):>9.4f} {r['rouge_l'] or 0:>7.3f} {r['samples_per_s'] or 0:>10.2f} "
+              f"{r['peak_memory_mb'] or 0:>8.0f}")
+    print(f"Results: {table}\nBest: {best['run'] if best else None} -> {best['checkpoint'] if best else None}")
+    summary = {"sweep": sweep.sweep_name, "results_csv": str(table), "trials": rows, "best": best}
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A LoRA-rank sweep on Ray Tune over Ray Train, on the tiny model: 3 ranks x 1 lr, 2 trials at a time."""
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from ray_jobs import tune_lora
+
+
+def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_again(
+    ray_cluster, tiny_model_dir, tmp_path
+):
+    sweep = yaml.safe_load(Path("ray_jobs/configs/sweep_cpu.yaml").read_text())
+    sweep["overrides"].update(storage_path=str(tmp_path), model=str(tiny_model_dir), build_tiny_model=False,
+                              max_steps=4)
+    sweep["rouge_documents"] = 4
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(sweep))
+
+    first = tune_lora.main(["--config", str(config)])
+    rows = list(csv.DictReader(Path(first["results_csv"]).open()))
+    assert sorted(int(r["rank"]) for r in rows) == [4, 8, 16]
+    assert all(r["status"] == "done" and r["val_loss"] and r["rouge_l"] for r in rows)
+    by_rank = {int(r["rank"]): int(r["trainable_parameters"]) for r in rows}
+    assert by_rank[4] < by_rank[8] < by_rank[16], "trainable parameters grow with the rank"
+    assert all(int(r["alpha"]) == 2 * int(r["rank"]) for r in rows)
+    best = first["best"]
+    assert best["val_loss"] == min(float(r["val_loss"]) for r in rows)
+    assert (Path(best["checkpoint"]) / "adapter" / "adapter_model.safetensors").exists()
+
+    logs = sorted(tmp_path.glob("cpu-rank-sweep-r*/logs/metrics.jsonl"))
+    sizes = [log.stat().st_size for log in logs]
+    again = tune_lora.main(["--config", str(config)])
+    assert again["best"]["checkpoint"] == best["checkpoint"]
+    assert [log.stat().st_size for log in logs] == sizes, "the finished sweep was reported, not trained again"
