@@ -95,9 +95,8 @@ def load_sweep(path: str) -> SweepConfig:
     return SweepConfig(**values)
 
 
-def concurrent_trials(base: TrainConfig, requested: int) -> int:
+def concurrent_trials(base: TrainConfig, requested: int, resources: dict[str, float]) -> int:
     """As many trials as the cluster's GPUs (or CPUs) can hold at once, at most `requested`."""
-    resources = ray.cluster_resources()
     if base.use_gpu:
         capacity = int(resources.get("GPU", 0) // base.num_workers)
     else:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
             tune_config=tune.TuneConfig(
                 scheduler=ASHAScheduler(metric="val_loss", mode="min", time_attr="step", max_t=base.max_steps + 1,
                                         grace_period=sweep.grace_period),
-                max_concurrent_trials=concurrent_trials(base, sweep.max_concurrent_trials),
+                max_concurrent_trials=concurrent_trials(base, sweep.max_concurrent_trials, ray.cluster_resources()),
                 trial_dirname_creator=lambda trial: trial.config["train"]["run_name"],
             ),
             run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=base.storage_path),

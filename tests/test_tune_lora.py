@@ -34,3 +34,25 @@ def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_
     again = tune_lora.main(["--config", str(config)])
     assert again["best"]["checkpoint"] == best["checkpoint"]
     assert [log.stat().st_size for log in logs] == sizes, "the finished sweep was reported, not trained again"
+
+
+def test_concurrency_never_asks_for_more_than_the_cluster_has():
+    import pytest
+
+    from deepsynth.training.config import TrainConfig
+
+    gpu = TrainConfig(num_workers=4, use_gpu=True)
+    assert tune_lora.concurrent_trials(gpu, 8, {"GPU": 8.0, "CPU": 64.0}) == 2
+    assert tune_lora.concurrent_trials(gpu, 1, {"GPU": 8.0, "CPU": 64.0}) == 1
+    assert tune_lora.concurrent_trials(TrainConfig(num_workers=2, cpus_per_worker=2), 8, {"CPU": 10.0}) == 2
+    with pytest.raises(ValueError, match="cannot hold one trial"):
+        tune_lora.concurrent_trials(gpu, 8, {"GPU": 2.0, "CPU": 64.0})
+
+
+def test_sweep_config_lists_every_combination_with_stable_names():
+    sweep = tune_lora.SweepConfig(sweep_name="s", base_config="x.yaml", ranks=[4, 8], lrs=[1e-4, 3e-4],
+                                  target_sets=[["q_proj"], None])
+    trials = sweep.trials()
+    assert len(trials) == 8 and len({t["run_name"] for t in trials}) == 8
+    assert trials == sweep.trials(), "names and order are stable, so a re-run finds the same trials"
+    assert {t["lora_alpha"] for t in trials if t["lora_rank"] == 8} == {16}
