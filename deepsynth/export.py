@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCardData
 from safetensors.torch import load_file, save_file
 
 from deepsynth.training.checkpoint import ADAPTER_DIR, library_versions, load_checkpoint, read_meta
