@@ -25,7 +25,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCardData
 from safetensors.torch import load_file, save_file
 
-from deepsynth.training.checkpoint import ADAPTER_DIR, library_versions, load_checkpoint, read_meta
+from deepsynth.training.checkpoint import ADAPTER_DIR, load_checkpoint, read_meta
 
 # Hyperparameters worth showing on a model card (the rest stay in train_config.yaml).
 CARD_HYPERPARAMETERS = ("mode", "lora_rank", "lora_alpha", "lora_dropout", "lr", "batch_size", "grad_accum",
@@ -100,7 +100,7 @@ def model_card(meta: dict, config: dict, kind: str, reports: list[dict]) -> str:
         eval_results=results or None,
         training_hyperparameters={key: config[key] for key in CARD_HYPERPARAMETERS},
         training_step=meta["step"],
-        library_versions=meta.get("versions", library_versions()),
+        library_versions=meta["versions"],
     )
     load = (
         "from peft import PeftModel\n\n"

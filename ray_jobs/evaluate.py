@@ -66,15 +66,23 @@ class Summarizer:
 
     def __call__(self, batch: dict) -> dict:
         documents = [decode_pages(pages) for pages in batch["pages"]]
-        batch["prediction"] = np.array(
-            generate_summaries(self.model, self.processor, documents, options=self.options, batch_size=len(documents)),
-            dtype=object,
-        )
-        stats = [compression_stats(str(text), pages, self.family) for text, pages in zip(batch["text"], documents)]
-        batch["text_tokens"] = np.array([s.text_tokens for s in stats])
-        batch["visual_tokens"] = np.array([s.visual_tokens for s in stats])
+        texts = [str(text) for text in batch["text"]]
+        results = summarize(self.model, self.processor, self.family, texts, documents, self.options, len(documents))
+        for key in results[0]:
+            batch[key] = np.array([result[key] for result in results], dtype=object)
         del batch["pages"]
         return batch
+
+
+def summarize(model, processor, family, texts: list[str], documents: list[list], options: GenerationOptions,
+              batch_size: int) -> list[dict]:
+    """Each document's prediction and its text and visual token counts."""
+    predictions = generate_summaries(model, processor, documents, options=options, batch_size=batch_size)
+    results = []
+    for text, pages, prediction in zip(texts, documents, predictions):
+        stats = compression_stats(text, pages, family)
+        results.append({"prediction": prediction, "text_tokens": stats.text_tokens, "visual_tokens": stats.visual_tokens})
+    return results
 
 
 def load_source(checkpoint: str | None, model: str | None, device: str):
@@ -85,14 +93,10 @@ def load_source(checkpoint: str | None, model: str | None, device: str):
 
 def summarize_in_process(args, records: list[dict], options: GenerationOptions) -> list[dict]:
     model, processor, family = load_source(args.checkpoint, args.model, args.device)
-    documents = [render_pages(record["text"], get_layout(args.layout)) for record in records]
-    predictions = generate_summaries(model, processor, documents, options=options, batch_size=args.batch_size)
-    rows = []
-    for record, pages, prediction in zip(records, documents, predictions):
-        stats = compression_stats(record["text"], pages, family)
-        rows.append({**record, "prediction": prediction, "text_tokens": stats.text_tokens,
-                     "visual_tokens": stats.visual_tokens})
-    return rows
+    texts = [record["text"] for record in records]
+    documents = [render_pages(text, get_layout(args.layout)) for text in texts]
+    results = summarize(model, processor, family, texts, documents, options, args.batch_size)
+    return [{**record, **result} for record, result in zip(records, results)]
 
 
 def summarize_with_ray_data(args, records: list[dict], options: GenerationOptions) -> list[dict]:
