@@ -126,6 +126,25 @@ def run_trial(params: dict) -> None:
                  "checkpoint_path": best_path, "step": config.max_steps + 1})
 
 
+def trial_row(result: tune.Result) -> dict:
+    """One line of the results table. A trial ASHA cut short has a val loss but no ROUGE-L or checkpoint."""
+    metrics = result.metrics or {}
+    train = result.config["train"]
+    if result.error:
+        status = "error"
+    elif "rouge_l" in metrics:
+        status = "done"
+    else:
+        status = "stopped early"
+    return {
+        "run": train["run_name"], "rank": train["lora_rank"], "alpha": train["lora_alpha"], "lr": train["lr"],
+        "dropout": train["lora_dropout"], "trainable_parameters": metrics.get("trainable_parameters"),
+        "val_loss": metrics.get("best_val_loss", metrics.get("val_loss")), "rouge_l": metrics.get("rouge_l"),
+        "samples_per_s": metrics.get("samples_per_s"), "peak_memory_mb": metrics.get("peak_memory_mb"),
+        "checkpoint": metrics.get("checkpoint_path"), "status": status,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="a sweep YAML, e.g. ray_jobs/configs/sweep_cpu.yaml")
@@ -164,17 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     results = tuner.fit()
 
-    rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        train = result.config["train"]
-        rows.append({
-            "run": train["run_name"], "rank": train["lora_rank"], "alpha": train["lora_alpha"], "lr": train["lr"],
-            "dropout": train["lora_dropout"], "trainable_parameters": metrics.get("trainable_parameters"),
-            "val_loss": metrics.get("best_val_loss", metrics.get("val_loss")), "rouge_l": metrics.get("rouge_l"),
-            "samples_per_s": metrics.get("samples_per_s"), "peak_memory_mb": metrics.get("peak_memory_mb"),
-            "checkpoint": metrics.get("checkpoint_path"), "status": "error" if result.error else "done",
-        })
+    rows = [trial_row(result) for result in results]
     finished = [r for r in rows if r["val_loss"] is not None and r["checkpoint"]]
     best = min(finished, key=lambda r: r["val_loss"]) if finished else None
     table = Path(path) / "results.csv"
@@ -183,11 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
         writer.writeheader()
         writer.writerows(rows)
 
-    print(f"\n{'rank':>5} {'alpha':>6} {'lr':>9} {'trainable':>10} {'val_loss':>9} {'rougeL':>7} {'samples/s':>10} {'peak MB':>8}")
+    print(f"\n{'rank':>5} {'alpha':>6} {'lr':>9} {'trainable':>10} {'val_loss':>9} {'rougeL':>7} {'samples/s':>10} {'peak MB':>8}  status")
     for r in sorted(rows, key=lambda r: r["rank"]):
         print(f"{r['rank']:>5} {r['alpha']:>6} {r['lr']:>9.2e} {r['trainable_parameters'] or 0:>10} "
               f"{r['val_loss'] or float('nan'):>9.4f} {r['rouge_l'] or 0:>7.3f} {r['samples_per_s'] or 0:>10.2f} "
-              f"{r['peak_memory_mb'] or 0:>8.0f}")
+              f"{r['peak_memory_mb'] or 0:>8.0f}  {r['status']}")
     print(f"Results: {table}\nBest: {best['run'] if best else None} -> {best['checkpoint'] if best else None}")
     summary = {"sweep": sweep.sweep_name, "results_csv": str(table), "trials": rows, "best": best}
     print(json.dumps(summary, default=str))

@@ -15,6 +15,7 @@ def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_
     sweep["overrides"].update(storage_path=str(tmp_path), model=str(tiny_model_dir), build_tiny_model=False,
                               max_steps=4)
     sweep["rouge_documents"] = 4
+    sweep["grace_period"] = 5  # ASHA's only rung is the last step, so every trial finishes and is scored
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
 
@@ -34,6 +35,20 @@ def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_
     again = tune_lora.main(["--config", str(config)])
     assert again["best"]["checkpoint"] == best["checkpoint"]
     assert [log.stat().st_size for log in logs] == sizes, "the finished sweep was reported, not trained again"
+
+
+def test_a_trial_cut_short_by_asha_is_listed_as_stopped_early_without_a_checkpoint():
+    from ray.tune import Result
+
+    train = {"run_name": "r4", "lora_rank": 4, "lora_alpha": 8, "lr": 3e-3, "lora_dropout": 0.0}
+    cut = Result(metrics={"config": {"train": train}, "val_loss": 2.5, "step": 2}, checkpoint=None, error=None, path="")
+    done = Result(metrics={"config": {"train": train}, "val_loss": 2.0, "best_val_loss": 1.9, "rouge_l": 0.2,
+                           "checkpoint_path": "/ckpt"}, checkpoint=None, error=None, path="")
+    failed = Result(metrics={"config": {"train": train}}, checkpoint=None, error=RuntimeError("x"), path="")
+    rows = [tune_lora.trial_row(r) for r in (cut, done, failed)]
+    assert [r["status"] for r in rows] == ["stopped early", "done", "error"]
+    assert rows[0]["val_loss"] == 2.5 and rows[0]["checkpoint"] is None
+    assert rows[1]["val_loss"] == 1.9 and rows[1]["checkpoint"] == "/ckpt"
 
 
 def test_concurrency_never_asks_for_more_than_the_cluster_has():
