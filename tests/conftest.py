@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import secrets
 
-from deepsynth.data.corpus import generate_corpus
-from deepsynth.data.render import LAYOUTS, render_pages
-from deepsynth.model.loading import load_model_and_processor
-from deepsynth.model.tiny import build_tiny_model
+# Ray reads its auth mode and token once per process, so they are set before anything imports ray.
+RAY_TEST_TOKEN = "deepsynth-test-" + secrets.token_hex(16)
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = RAY_TEST_TOKEN
+# Ray Jobs' stop sends SIGTERM, then SIGKILL after this wait; a paused training job needs the time
+# to finish its step and write a checkpoint.
+os.environ["RAY_JOB_STOP_WAIT_TIME_S"] = "120"
+
+import socket  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from deepsynth.data.corpus import generate_corpus  # noqa: E402
+from deepsynth.data.render import LAYOUTS, render_pages  # noqa: E402
+from deepsynth.model.loading import load_model_and_processor  # noqa: E402
+from deepsynth.model.tiny import build_tiny_model  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,14 +78,40 @@ def lora_checkpoint(tiny, tiny_model_dir, tmp_path):
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    gcs_address: str
+    dashboard_url: str  # http://127.0.0.1:PORT, the Ray Jobs REST API and `serve deploy` target
+    token: str  # Ray's own auth token (RAY_AUTH_MODE=token), not the DeepSynth API token
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster shared by the integration tests; subprocesses join it via RAY_ADDRESS.
+    """A real local Ray cluster shared by the integration tests, with the dashboard and Ray token auth on.
 
     More logical CPUs than cores: training workers hold one each, and Ray Data needs room to render.
+    Subprocesses join it via RAY_ADDRESS and the token in the environment.
     """
     import ray
 
-    context = ray.init(num_cpus=6, include_dashboard=False)
-    yield context.address_info["gcs_address"]
+    context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
+    yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",
+                     token=RAY_TEST_TOKEN)
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster):
+    """Ray Serve on the shared cluster, on a free loopback port; tests add applications with `serve.run`."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

@@ -133,7 +133,7 @@ def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, ti
     train.main(["--config", SMOKE, "run_name=straight", *common])
 
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, "run_name=stopped", *common]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
     log = tmp_path / "stopped" / "logs" / "metrics.jsonl"
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
@@ -188,7 +188,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_from_its_checkpoint(ra
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, "run_name=faulty", f"storage_path={tmp_path}",
                f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1", "max_steps=6", "eval_every=2",
                "max_failures=1"]
-    process = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster}, stdout=subprocess.PIPE,
+    process = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     log = tmp_path / "faulty" / "logs" / "metrics.jsonl"
     # Ray Train's controller writes this file once it has registered a checkpoint; kill after that.

@@ -1,0 +1,1 @@
+"""Ray Serve applications: the summarization endpoint and the job-control API."""
