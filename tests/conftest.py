@@ -13,16 +13,16 @@ os.environ["RAY_AUTH_TOKEN"] = RAY_TEST_TOKEN
 # to finish its step and write a checkpoint.
 os.environ["RAY_JOB_STOP_WAIT_TIME_S"] = "120"
 
-import socket  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import socket
+from dataclasses import dataclass
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from deepsynth.data.corpus import generate_corpus  # noqa: E402
-from deepsynth.data.render import LAYOUTS, render_pages  # noqa: E402
-from deepsynth.model.loading import load_model_and_processor  # noqa: E402
-from deepsynth.model.tiny import build_tiny_model  # noqa: E402
+from deepsynth.data.corpus import generate_corpus
+from deepsynth.data.render import LAYOUTS, render_pages
+from deepsynth.model.loading import load_model_and_processor
+from deepsynth.model.tiny import build_tiny_model
 
 
 def pytest_collection_modifyitems(config, items):
@@ -100,7 +100,9 @@ def ray_cluster():
     """
     import ray
 
-    context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
+    # address="local": always a fresh cluster, never one left running on this machine (e.g. by the demo).
+    context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=free_port())
     yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",
                      token=RAY_TEST_TOKEN)
     ray.shutdown()
