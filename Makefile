@@ -19,7 +19,6 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/python -m ray_jobs.demo
-	$(BIN)/python -m ray_jobs.train --config ray_jobs/configs/cpu_smoke.yaml
 
 test: setup
 	$(BIN)/python -m pytest
@@ -34,6 +33,7 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.train_overhead
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.input_pipeline
+	$(BIN)/python -m benchmarks.serve_load
 
 clean:
 	rm -rf $(VENV) .deepsynth

@@ -6,12 +6,14 @@ this command holds what a user runs on their own machine.
     deepsynth model init-tiny runs/tiny-model
     deepsynth export runs/x/step-000500 --out exports/x [--merge] [--push-to-hub me/repo]
     deepsynth eval --checkpoint runs/x/step-000500 --benchmark xsum --limit 500
+    deepsynth config-reference --out docs/configuration.md
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -34,6 +36,18 @@ def _export(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         url = push_to_hub(out, args.push_to_hub, private=not args.public)
         print(f"Pushed to {url}")
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from deepsynth.training.config_reference import config_reference
+
+    text = config_reference()
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"Wrote the configuration reference to {args.out}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -67,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo with HF_TOKEN")
     export.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
     export.set_defaults(handler=_export)
+
+    reference = commands.add_parser("config-reference", help="the TrainConfig reference as Markdown (docs/configuration.md)")
+    reference.add_argument("--out", help="write to this file instead of printing")
+    reference.set_defaults(handler=_config_reference)
 
     # Listed for --help; main() hands everything after "eval" to ray_jobs.evaluate, which parses it.
     commands.add_parser("eval", help="evaluate a checkpoint or model (the arguments of python -m ray_jobs.evaluate)")

@@ -7,10 +7,10 @@
 Documents are rendered to pages, summarized with batched `generate` (greedy or beam search,
 with the repetition guard unless turned off) and scored with `rouge-score`. With `--ray-data`
 the documents stream through Ray Data: rendering tasks, then `--concurrency` model replicas
-(one GPU each when the cluster has GPUs). A benchmark preset names the dataset and split and
-adds the published reference scores to the report. The JSON report goes next to the
+(one GPU each with `--device cuda`, or `auto` on a cluster with GPUs). A benchmark preset names
+the dataset and split and adds the published reference scores to the report. The JSON report goes next to the
 checkpoint (`eval-<dataset>-<split>.json`) or to `--out`, with the predictions beside it as
-JSONL; a table is printed. `deepsynth eval` takes the same arguments.
+JSONL; a table is printed, then the report as one JSON line. `deepsynth eval` takes the same arguments.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from deepsynth.data.render import get_layout, render_pages
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
-from deepsynth.model.loading import load_model_and_processor
-from deepsynth.training.checkpoint import load_checkpoint
+from deepsynth.training.checkpoint import load_source
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=4, help="0 turns the n-gram guard off")
     parser.add_argument("--repetition-penalty", type=float, default=1.1, help="1.0 turns it off")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or auto; with --ray-data, cuda (or auto on a cluster with GPUs) gives each "
+                        "replica a GPU")
     parser.add_argument("--ray-data", action="store_true", help="stream documents through Ray Data model replicas")
     parser.add_argument("--concurrency", type=int, default=1, help="model replicas with --ray-data")
     parser.add_argument("--out", help="report path (default: next to the checkpoint, or ./eval-*.json)")
@@ -61,7 +62,7 @@ class Summarizer:
     """A Ray Data model replica: rendered rows in, rows with `prediction` and token counts out."""
 
     def __init__(self, checkpoint: str | None, model: str | None, options: GenerationOptions, device: str):
-        self.model, self.processor, self.family = load_source(checkpoint, model, device)
+        self.model, self.processor, self.family = load_source(checkpoint, model, device=device)
         self.options = options
 
     def __call__(self, batch: dict) -> dict:
@@ -85,14 +86,8 @@ def summarize(model, processor, family, texts: list[str], documents: list[list],
     return results
 
 
-def load_source(checkpoint: str | None, model: str | None, device: str):
-    loaded = load_checkpoint(checkpoint, device=device) if checkpoint else load_model_and_processor(model, device=device)
-    loaded.model.eval()
-    return loaded
-
-
 def summarize_in_process(args, records: list[dict], options: GenerationOptions) -> list[dict]:
-    model, processor, family = load_source(args.checkpoint, args.model, args.device)
+    model, processor, family = load_source(args.checkpoint, args.model, device=args.device)
     texts = [record["text"] for record in records]
     documents = [render_pages(text, get_layout(args.layout)) for text in texts]
     results = summarize(model, processor, family, texts, documents, options, args.batch_size)
@@ -101,15 +96,17 @@ def summarize_in_process(args, records: list[dict], options: GenerationOptions) 
 
 def summarize_with_ray_data(args, records: list[dict], options: GenerationOptions) -> list[dict]:
     import ray
-    import torch
 
     ray.init(ignore_reinit_error=True)
-    use_gpu = args.device.startswith("cuda") and torch.cuda.is_available()
+    # The driver may run on a CPU-only head node, so "auto" asks the cluster, not this process's torch.
+    # An explicit cuda reserves GPUs even while none is up, for the autoscaler to add a GPU node.
+    use_gpu = args.device.startswith("cuda") or (args.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    device = "cuda" if use_gpu else "cpu"  # a replica sees only the GPU it reserved, as cuda:0
     rows = (
         ray.data.from_items(records)
         .map_batches(render_batch, fn_kwargs={"layout": args.layout}, batch_size=args.batch_size)
         .map_batches(Summarizer, fn_constructor_kwargs={"checkpoint": args.checkpoint, "model": args.model,
-                                                        "options": options, "device": args.device},
+                                                        "options": options, "device": device},
                      batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=1 if use_gpu else 0)
         .take_all()
     )
@@ -162,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("prediction_words", "reference_words", "compression_ratio", "repetition_rate"):
         print(f"{key:<28} {report[key]:.4f}")
     print(f"Report: {out}")
-    return {**report, "path": str(out)}
+    result = {**report, "path": str(out)}
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

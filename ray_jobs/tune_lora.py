@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import ray
-import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -34,65 +31,8 @@ from deepsynth.evaluation.generation import GenerationOptions, generate_summarie
 from deepsynth.evaluation.metrics import rouge_scores
 from deepsynth.training.checkpoint import load_checkpoint
 from deepsynth.training.config import TrainConfig, config_from_dict, load_config
+from deepsynth.training.sweep import load_sweep
 from ray_jobs.train import build_trainer, check_lora_targets, resolve_paths, start_ray
-
-
-@dataclass
-class SweepConfig:
-    sweep_name: str
-    """Name of the sweep; re-running with the same name continues or reports it."""
-    base_config: str
-    """The training YAML every trial starts from."""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """TrainConfig keys set for every trial."""
-    ranks: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
-    lrs: list[float] = field(default_factory=lambda: [2e-4])
-    alphas: str | list[int] = "tied"
-    """"tied" (alpha = alpha_per_rank * rank) or a list of alphas to search."""
-    alpha_per_rank: float = 2.0
-    dropouts: list[float] = field(default_factory=lambda: [0.05])
-    target_sets: list[list[str] | None] | None = None
-    """Target-module sets to search; None searches only the automatic decoder targets."""
-    max_concurrent_trials: int = 8
-    """Upper bound; the sweep also never asks for more workers than the cluster has."""
-    grace_period: int = 1
-    """ASHA: steps a trial runs before it can be stopped."""
-    rouge_documents: int = 16
-
-    def __post_init__(self) -> None:
-        if not self.ranks or any(r < 1 for r in self.ranks):
-            raise ValueError(f"ranks must be positive integers, got {self.ranks}.")
-        if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"lrs must be positive, got {self.lrs}.")
-        if self.alphas != "tied" and (not isinstance(self.alphas, list) or not self.alphas):
-            raise ValueError(f"alphas must be 'tied' or a list of values, got {self.alphas!r}.")
-        for name in ("max_concurrent_trials", "grace_period", "rouge_documents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-
-    def trials(self) -> list[dict]:
-        """Every combination of the searched values, as TrainConfig overrides with a stable run name."""
-        alphas = [None] if self.alphas == "tied" else self.alphas
-        out = []
-        for rank, lr, alpha, dropout, targets in itertools.product(
-            self.ranks, self.lrs, alphas, self.dropouts, self.target_sets or [None]
-        ):
-            alpha = int(self.alpha_per_rank * rank) if alpha is None else alpha
-            name = f"{self.sweep_name}-r{rank}-a{alpha}-lr{lr:g}-d{dropout:g}" + (
-                f"-t{'+'.join(targets)}" if targets else ""
-            )
-            out.append({"run_name": name, "lora_rank": rank, "lora_alpha": alpha, "lr": lr, "lora_dropout": dropout,
-                        "lora_targets": targets})
-        return out
-
-
-def load_sweep(path: str) -> SweepConfig:
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    known = set(SweepConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"Unknown sweep keys {unknown} in {path}; known keys: {sorted(known)}.")
-    return SweepConfig(**values)
 
 
 def concurrent_trials(base: TrainConfig, requested: int, resources: dict[str, float]) -> int:

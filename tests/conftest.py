@@ -6,7 +6,8 @@ import os
 import secrets
 
 # Ray reads its auth mode and token once per process, so they are set before anything imports ray.
-RAY_TEST_TOKEN = "deepsynth-test-" + secrets.token_hex(16)
+# setdefault: a test that imports this module again gets the same token, not a new one.
+RAY_TEST_TOKEN = os.environ.setdefault("DEEPSYNTH_TEST_RAY_TOKEN", "deepsynth-test-" + secrets.token_hex(16))
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = RAY_TEST_TOKEN
 # Ray Jobs' stop sends SIGTERM, then SIGKILL after this wait; a paused training job needs the time
@@ -14,6 +15,7 @@ os.environ["RAY_AUTH_TOKEN"] = RAY_TEST_TOKEN
 os.environ["RAY_JOB_STOP_WAIT_TIME_S"] = "120"
 
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -101,8 +103,10 @@ def ray_cluster():
     import ray
 
     # address="local": always a fresh cluster, never one left running on this machine (e.g. by the demo).
+    # Its own temp dir: Ray Jobs point each job's driver at the cluster named in <temp dir>/ray_current_cluster,
+    # which another cluster started later on the same machine would otherwise overwrite.
     context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=free_port())
+                       dashboard_port=free_port(), _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",
                      token=RAY_TEST_TOKEN)
     ray.shutdown()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import yaml
 
+from deepsynth.training.sweep import SweepConfig
 from ray_jobs import tune_lora
 
 
@@ -65,8 +66,8 @@ def test_concurrency_never_asks_for_more_than_the_cluster_has():
 
 
 def test_sweep_config_lists_every_combination_with_stable_names():
-    sweep = tune_lora.SweepConfig(sweep_name="s", base_config="x.yaml", ranks=[4, 8], lrs=[1e-4, 3e-4],
-                                  target_sets=[["q_proj"], None])
+    sweep = SweepConfig(sweep_name="s", base_config="x.yaml", ranks=[4, 8], lrs=[1e-4, 3e-4],
+                        target_sets=[["q_proj"], None])
     trials = sweep.trials()
     assert len(trials) == 8 and len({t["run_name"] for t in trials}) == 8
     assert trials == sweep.trials(), "names and order are stable, so a re-run finds the same trials"

@@ -7,7 +7,9 @@ source is one of three things:
 - `"builtin"`: the offline corpus of `deepsynth.data.corpus`, the default that needs no network;
 - a preset name from `PRESETS` (`cnn_dailymail`, `xsum`, `arxiv`, `billsum`, `mlsum`), read
   from the Hugging Face Hub or its local cache with `datasets.load_dataset`;
-- a local `.jsonl`, `.json`, `.csv` or `.parquet` file, one row per document.
+- a local `.jsonl`, `.json`, `.csv` or `.parquet` file, one row per document;
+- `"prepared:<folder>"`: a dataset rendered ahead by `ray_jobs.prepare_dataset`, whose records
+  also point at their pre-rendered pages (see `deepsynth.data.prepared`).
 
 The loader is a parameter, so tests inject a fake one and no code path needs the Hub.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import datasets
 
 from deepsynth.data.corpus import SPLITS, generate_corpus
+from deepsynth.data.prepared import PREFIX, load_prepared_records
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,11 @@ def load_records(
             for doc in generate_corpus(split, num_documents, seed=seed)
         ]
 
+    if source.startswith(PREFIX):
+        if text_field or summary_field or id_field:
+            raise ValueError("A prepared dataset has fixed fields; drop text_field=/summary_field=/id_field=.")
+        return load_prepared_records(source.removeprefix(PREFIX), split, limit)
+
     if source in PRESETS:
         preset = PRESETS[source]
         try:
@@ -181,8 +189,8 @@ def load_records(
         return _to_records(rows, source, split, limit, text_field or "text", summary_field or "summary", id_field)
 
     raise ValueError(
-        f"Unknown dataset source {source!r}; use {BUILTIN!r}, a preset ({', '.join(sorted(PRESETS))}) "
-        f"or a path to a local file ending in {', '.join(FILE_LOADERS)}."
+        f"Unknown dataset source {source!r}; use {BUILTIN!r}, a preset ({', '.join(sorted(PRESETS))}), "
+        f"a path to a local file ending in {', '.join(FILE_LOADERS)} or {PREFIX}<folder of a prepared dataset>."
     )
 
 

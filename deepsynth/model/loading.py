@@ -15,6 +15,7 @@ logged or stored.
 
     loaded = load_model_and_processor("deepseek-community/DeepSeek-OCR-2", dtype="bfloat16", device="cuda")
     model, processor, family = loaded
+    processor, family = load_processor("deepseek-community/DeepSeek-OCR-2")   # no weights: token counting
 """
 
 from __future__ import annotations
@@ -86,6 +87,26 @@ def family_class(model_type: str) -> type[Ocr2Family] | type[V1Family]:
     )
 
 
+def load_processor(
+    name_or_path: str = DEFAULT_MODEL, *, revision: str | None = None, trust_remote_code: bool = False,
+    v1_mode: str = "gundam",
+) -> tuple[Any, ModelFamily]:
+    """The processor and family of a model without its weights (what `load_model_and_processor` pairs them with).
+
+    A server's HTTP layer uses it to count tokens exactly as the model replica would.
+    """
+    if family_class(model_type_of(name_or_path, revision)) is Ocr2Family:
+        processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+        return processor, Ocr2Family(processor)
+    if not trust_remote_code:
+        raise ValueError(
+            f"{name_or_path} is a DeepSeek-OCR v1 checkpoint, whose model code ships inside the checkpoint. "
+            "Read that code, then pass trust_remote_code=True (--trust-remote-code) to run it."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+    return tokenizer, V1Family(tokenizer, mode=v1_mode)
+
+
 def load_model_and_processor(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -110,8 +131,9 @@ def load_model_and_processor(
         quantization_config: e.g. a `BitsAndBytesConfig` for QLoRA.
     """
     torch_dtype = resolve_dtype(dtype)
-    model_type = model_type_of(name_or_path, revision)
-    family_class(model_type)  # refuse anything else before loading weights
+    # The processor first: it refuses other model types and v1 without trust_remote_code before any weights load.
+    processor, family = load_processor(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                       v1_mode=v1_mode)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -120,19 +142,10 @@ def load_model_and_processor(
         # bitsandbytes places the weights itself; moving them afterwards is not allowed.
         kwargs["device_map"] = {"": resolve_device("auto")}
 
-    if family_class(model_type) is Ocr2Family:
+    if isinstance(family, Ocr2Family):
         model = DeepseekOcr2ForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
-        processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
-        family: ModelFamily = Ocr2Family(processor)
     else:
-        if not trust_remote_code:
-            raise ValueError(
-                f"{name_or_path} is a DeepSeek-OCR v1 checkpoint, whose model code ships inside the checkpoint. "
-                "Read that code, then pass trust_remote_code=True (--trust-remote-code) to run it."
-            )
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, use_safetensors=True, **kwargs)
-        processor = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
-        family = V1Family(processor, mode=v1_mode)
 
     if quantization_config is None:
         model = model.to(resolve_device(device))

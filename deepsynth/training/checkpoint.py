@@ -9,7 +9,8 @@ A checkpoint folder holds
   and one `rank-N.pt` per worker with its RNG states and data position.
 
 It is written to `step-000123.tmp/` and renamed when complete, so a reader never sees half a
-checkpoint. Serving, evaluation and tests load it through `load_checkpoint`.
+checkpoint. Serving, evaluation and tests load it through `load_checkpoint` (via `load_source`,
+which also takes a base model).
 
     path = write_checkpoint(out_dir, step, lambda folder: save_model_files(folder, ...))
     model, processor, family = load_checkpoint(path)
@@ -132,8 +133,12 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(meta_file.read_text())
 
 
-def load_trained_weights(model: nn.Module, path: str | Path, mode: str) -> None:
-    """Load a checkpoint's trained tensors into a model prepared for the same mode (resume)."""
+def load_trained_weights(model: nn.Module, path: str | Path, mode: str, adapter_name: str = "default") -> None:
+    """Load a checkpoint's trained tensors into a model prepared for the same mode (resume).
+
+    For lora/qlora the tensors go into the PEFT adapter `adapter_name`, so a server can hold
+    several checkpoints' adapters on one base model.
+    """
     path = Path(path)
     if mode == "full":
         missing = model.load_state_dict(load_file(path / DECODER_WEIGHTS), strict=False)
@@ -144,9 +149,9 @@ def load_trained_weights(model: nn.Module, path: str | Path, mode: str) -> None:
         # these already-current names (model.language_model -> model.language_model.language_model)
         # and load nothing; inserting the adapter name is all the mapping there is.
         adapter = load_file(path / ADAPTER_DIR / "adapter_model.safetensors")
-        named = {re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", k): v for k, v in adapter.items()}
+        named = {re.sub(r"\.(lora_[AB])\.weight$", rf".\1.{adapter_name}.weight", k): v for k, v in adapter.items()}
         result = model.load_state_dict(named, strict=False)
-        missing = [key for key in result.missing_keys if "lora_" in key]
+        missing = [key for key in result.missing_keys if "lora_" in key and f".{adapter_name}." in key]
         if result.unexpected_keys or missing:
             raise ValueError(
                 f"{path}'s adapter does not fit this model: unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}."
@@ -179,3 +184,19 @@ def load_checkpoint(
         load_trained_weights(model, path, meta["mode"])
     model.eval()
     return LoadedModel(model, processor, family)
+
+
+def load_source(
+    checkpoint: str | Path | None, model: str | None, *, dtype: str = "auto", device: str = "cpu"
+) -> LoadedModel:
+    """What evaluation scores and the server serves, in eval mode: a `step-XXXXXX` checkpoint or a base model.
+
+    `checkpoint` goes through `load_checkpoint`, `model` (hub id or folder) through `load_model_and_processor`.
+    """
+    if (checkpoint is None) == (model is None):
+        raise ValueError("Give exactly one of a checkpoint (a step-XXXXXX folder) and a model (hub id or folder).")
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, dtype=dtype, device=device)
+    loaded = load_model_and_processor(model, dtype=dtype, device=device)
+    loaded.model.eval()
+    return loaded

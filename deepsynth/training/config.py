@@ -52,8 +52,11 @@ class TrainConfig:
     mode: str = "lora"
     """full (the whole decoder), lora, or qlora (4-bit base + LoRA)."""
     lora_rank: int = 16
+    """LoRA rank r: the width of each adapter (and of its trainable parameters)."""
     lora_alpha: int = 32
+    """LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank."""
     lora_dropout: float = 0.05
+    """Dropout on the adapters' input, in [0, 1)."""
     lora_targets: list[str] | None = None
     """Module names (suffixes such as q_proj) to adapt; None finds the decoder's attention and MLP projections."""
     freeze_projector: bool = False
@@ -61,9 +64,12 @@ class TrainConfig:
 
     # --- data ---
     dataset: str = "builtin"
-    """builtin, a preset (cnn_dailymail, xsum, ...) or a local .jsonl/.csv/.parquet file."""
+    """builtin, a preset (cnn_dailymail, xsum, ...), a local .jsonl/.csv/.parquet file, or prepared:<folder> (an absolute
+    path or a cloud URI) for pages rendered ahead by ray_jobs.prepare_dataset (their layout is the one they were prepared with)."""
     text_field: str | None = None
+    """Column of a local data file holding the document text; None means `text`."""
     summary_field: str | None = None
+    """Column of a local data file holding the reference summary; None means `summary`."""
     train_limit: int | None = None
     """Training documents to use; None is the whole split (256 for builtin)."""
     val_limit: int = 32
@@ -73,6 +79,7 @@ class TrainConfig:
     max_pages: int = 8
     """Most pages per document; longer documents are an error, not a silent cut."""
     prompt: str = DEFAULT_PROMPT
+    """Instruction placed after the page images, before the summary."""
     max_length: int = 2048
     """Longest sequence in tokens (image tokens included); only summaries are ever truncated."""
     augment: bool = False
@@ -84,9 +91,13 @@ class TrainConfig:
     batch_size: int = 4
     """Documents per worker per micro-batch."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
     lr: float = 2e-4
+    """Peak learning rate (AdamW), reached after warmup_steps, then cosine decay."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     warmup_steps: int = 10
+    """Steps of linear warmup from 0 to lr."""
     max_steps: int = 1000
     """Optimizer steps of the whole run (the smoke knob)."""
     grad_clip: float = 1.0
@@ -94,6 +105,7 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 on GPUs that have it, else fp32), fp32, bf16 or fp16."""
     seed: int = 0
+    """Seed for weights of new adapters, data order and augmentation."""
 
     # --- evaluation and checkpoints ---
     eval_every: int = 50
@@ -105,11 +117,15 @@ class TrainConfig:
 
     # --- scale ---
     num_workers: int = 1
+    """Ray Train workers (one per GPU with use_gpu)."""
     use_gpu: bool = False
+    """Give each worker one GPU (and train with NCCL); False trains on CPUs with gloo."""
     cpus_per_worker: float = 1.0
+    """Logical CPUs each worker reserves (its data collation runs in them)."""
     strategy: str = "ddp"
     """ddp, or deepspeed (ZeRO, see zero_stage)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage 1, 2 or 3 (with strategy=deepspeed)."""
     max_failures: int = 0
     """Worker failures to recover from (restarting from the last checkpoint); -1 is unlimited."""
 

@@ -6,7 +6,8 @@ exact: resuming at any step (the position is a count of micro-batches, and the r
 records of the epoch are re-dealt from it) and comparing 1 worker with batch 2b against 2
 workers with batch b (step s covers the same documents).
 
-Rendering is the model-agnostic `render_batch` step, run as Ray Data tasks on the cluster and
+Rendering is the model-agnostic `render_batch` step (or, for a prepared dataset, reading the
+pages rendered ahead with `read_prepared_pages`), run as Ray Data tasks on the cluster and
 prefetched while the model trains; decoding, augmentation and collation (which knows the
 model's tokens) run in the training worker. The loop times how long it waits for each batch.
 
@@ -28,6 +29,7 @@ from PIL import Image
 from deepsynth.data.augment import AugmentConfig, augment_pages
 from deepsynth.data.collate import Batch, SummaryCollator
 from deepsynth.data.pages import decode_pages, render_batch
+from deepsynth.data.prepared import read_prepared_pages
 
 
 def batches_per_epoch(num_records: int, world_size: int, batch_size: int) -> int:
@@ -68,6 +70,8 @@ def to_examples(rows: dict, options: PageOptions, seed: int, epoch: int) -> list
 
 
 def render(records: list[dict], options: PageOptions, batch_size: int) -> ray.data.Dataset:
+    if records and "shard" in records[0]:  # a prepared dataset: its pages were rendered ahead
+        return ray.data.from_items(records).map_batches(read_prepared_pages, batch_size=batch_size)
     return ray.data.from_items(records).map_batches(
         render_batch, fn_kwargs={"layout": options.layout, "max_pages": options.max_pages}, batch_size=batch_size
     )

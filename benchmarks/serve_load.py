@@ -1,0 +1,203 @@
+"""Throughput and latency of the summarization endpoint under load, against in-process batched `generate`.
+
+    python -m benchmarks.serve_load [--model tiny|medium] [--max-new-tokens 16] [--concurrency 1 8 16 32]
+    python -m benchmarks.serve_load --gpu      # full-size DeepSeek-OCR-2, random weights, bf16 on CUDA
+
+Starts its own Ray and Serve (127.0.0.1, a free port), deploys `serve.summarizer:build_app`
+with `max_batch_size` = the in-process batch size, and drives `POST /v1/summarize` with JSON
+text of one page (built-in corpus) from closed-loop clients at each concurrency: every client
+sends its next request when the last one is answered. Per level: requests/s (= pages/s),
+p50/p99 latency and the mean batch the server formed. The baseline is the same model, loaded
+in this process, summarizing pre-rendered pages with `generate_summaries` at the same batch
+size and options (`--max-new-tokens`, greedy): it has no HTTP, rendering, queueing or
+serialization, so the ratio is what the server keeps of the model's batched speed.
+
+Targets: Serve at concurrency 16 >= 0.8x in-process batch 16; batching gain (Serve c=16 / c=1) >= 4x.
+The model replica gets `--replica-cpus` CPUs (Ray sets its torch threads to that) and the ingress
+and proxy share the rest of the machine; the in-process baseline runs before Serve starts.
+`--gpu` serves the published DeepSeek-OCR-2 sizes with random weights (nothing is downloaded) in
+bf16 on one GPU, 1-page documents, 128-token summaries, concurrency 1/8/32; it needs CUDA.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import ray
+import requests
+import torch
+from ray import serve
+
+from benchmarks.common import build_medium_model, report
+from deepsynth.data.corpus import generate_corpus
+from deepsynth.data.render import get_layout, render_pages
+from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
+from deepsynth.model.loading import load_model_and_processor
+from deepsynth.model.tiny import build_tiny_model
+from serve.summarizer import build_app
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_full_size_model(folder: Path) -> Path:
+    """The published DeepSeek-OCR-2 sizes with random bf16 weights, and a processor with the real view sizes."""
+    from transformers import AutoProcessor, DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
+
+    from benchmarks.train_gpu import TEXT, VISION
+
+    processor = AutoProcessor.from_pretrained(build_tiny_model(folder / "tiny", sam_patch_size=16))
+    torch.manual_seed(0)
+    config = DeepseekOcr2Config(vision_config=VISION, text_config=TEXT, image_token_id=processor.image_token_id)
+    torch.set_default_dtype(torch.bfloat16)  # built on the GPU in bf16: a minute less than fp32 on the CPU
+    with torch.device("cuda"):
+        model = DeepseekOcr2ForConditionalGeneration(config)
+    torch.set_default_dtype(torch.float32)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.save_pretrained(folder / "model")
+    processor.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def in_process(model_dir: str, texts: list[str], batch_size: int, options: GenerationOptions, device: str,
+               dtype: str) -> float:
+    """Documents per second of batched generate_summaries on pre-rendered pages (after one warm-up batch)."""
+    model, processor, _ = load_model_and_processor(model_dir, device=device, dtype=dtype)
+    model.eval()
+    documents = [render_pages(text, get_layout("ocr2-page"), max_pages=1) for text in texts]
+    generate_summaries(model, processor, documents[:batch_size], options=options, batch_size=batch_size)
+    _sync(device)
+    started = time.perf_counter()
+    generate_summaries(model, processor, documents, options=options, batch_size=batch_size)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return len(documents) / seconds
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()  # a CPU-GPU sync point, so the timer sees all queued kernels
+
+
+def serve_level(url: str, texts: list[str], concurrency: int, max_new_tokens: int) -> dict:
+    """Closed-loop load: `concurrency` clients send `texts` in turn; throughput, latency and batch sizes."""
+
+    def call(text: str) -> tuple[float, int]:
+        started = time.perf_counter()
+        response = requests.post(f"{url}/v1/summarize", json={"text": text, "max_new_tokens": max_new_tokens},
+                                 timeout=600)
+        response.raise_for_status()
+        return time.perf_counter() - started, response.json()["usage"]["batch_size"]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(call, texts[:concurrency]))  # warm-up: one request per client
+        started = time.perf_counter()
+        results = list(pool.map(call, texts))
+        wall = time.perf_counter() - started
+    latencies = sorted(latency for latency, _ in results)
+    return {
+        "concurrency": concurrency,
+        "requests": len(texts),
+        "pages_per_s": len(texts) / wall,
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "mean_batch": statistics.mean(batch for _, batch in results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["tiny", "medium"], default="tiny",
+                        help="tiny: the offline test model; medium: ~100M parameters (benchmarks.common)")
+    parser.add_argument("--gpu", action="store_true", help="full-size DeepSeek-OCR-2 on CUDA in bf16")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None)
+    parser.add_argument("--batch-size", type=int, default=16, help="server max_batch_size and in-process batch")
+    parser.add_argument("--batch-wait", type=float, default=0.1, help="server batch_wait_timeout_s")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="requests per level = rounds x max(concurrency, 4)")
+    parser.add_argument("--replica-cpus", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("serve_load --gpu needs CUDA; run it on a GPU machine.")
+    levels = sorted(set(args.concurrency or ([1, 8, 32] if args.gpu else [1, 8, 16, 32])) | {1, args.batch_size})
+    max_new_tokens = args.max_new_tokens or (128 if args.gpu else 16)
+    device, dtype = ("cuda", "bfloat16") if args.gpu else ("cpu", "float32")
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
+    texts = [doc["text"] for doc in generate_corpus("test", args.rounds * max(*levels, args.batch_size), seed=1)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.gpu:
+            model_dir = str(build_full_size_model(Path(tmp)))
+        elif args.model == "medium":
+            build_medium_model(Path(tmp))
+            model_dir = str(Path(tmp) / "model")
+        else:
+            model_dir = str(build_tiny_model(Path(tmp) / "tiny"))
+
+        def baseline() -> tuple[float, float]:
+            """In-process pages/s at batch 1 and at the server's batch size."""
+            single = in_process(model_dir, texts[: args.rounds * 4], 1, options, device, dtype)
+            return single, in_process(model_dir, texts[: args.rounds * args.batch_size], args.batch_size, options,
+                                      device, dtype)
+
+        before = baseline()
+        ray.init(num_cpus=max(4, int(args.replica_cpus) + 2), include_dashboard=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({
+            "model": model_dir, "device": device, "dtype": dtype, "num_cpus": args.replica_cpus,
+            "num_gpus": 1 if args.gpu else 0, "max_batch_size": args.batch_size,
+            "batch_wait_timeout_s": args.batch_wait, "max_ongoing_requests": max(2 * args.batch_size, *levels),
+            "max_queued_requests": -1, "max_new_tokens_limit": max(512, max_new_tokens), "request_timeout_s": 600,
+        }), name="summarizer", route_prefix="/")
+        measured = {c: serve_level(f"http://127.0.0.1:{port}", texts[: args.rounds * max(c, 4)], c, max_new_tokens)
+                    for c in levels}
+        serve.shutdown()
+        ray.shutdown()
+        # A shared CPU machine's speed drifts, so the baseline runs before and after Serve and is
+        # averaged; a GPU is ours alone.
+        after = before if args.gpu else baseline()
+
+    single, batched = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    rows = [
+        {"mode": "in-process generate", "concurrency": "-", "batch": 1, "pages_per_s": single, "p50_s": 1 / single,
+         "p99_s": "-", "mean_batch": 1.0},
+        {"mode": "in-process generate", "concurrency": "-", "batch": args.batch_size, "pages_per_s": batched,
+         "p50_s": args.batch_size / batched, "p99_s": "-", "mean_batch": float(args.batch_size)},
+    ] + [
+        {"mode": "Serve HTTP", "concurrency": c, "batch": args.batch_size, "pages_per_s": level["pages_per_s"],
+         "p50_s": level["p50_s"], "p99_s": level["p99_s"], "mean_batch": level["mean_batch"]}
+        for c, level in measured.items()
+    ]
+    at_batch = measured[args.batch_size]["pages_per_s"]
+    report("serve_gpu" if args.gpu else "serve_load", rows, {
+        "model": "full-size (random weights)" if args.gpu else args.model,
+        "device": device,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": args.batch_size,
+        "batch_wait_s": args.batch_wait,
+        "serve_vs_in_process": at_batch / batched,
+        "serve_vs_in_process_target": 0.8,
+        "batching_gain": at_batch / measured[1]["pages_per_s"],
+        "batching_gain_target": 4.0,
+        "in_process_batch_gain": batched / single,
+        "load_average_1m": os.getloadavg()[0],
+        "levels": measured,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""What a run folder says about its job: metrics reported so far and the checkpoints written.
+
+The training loop appends one JSON line per report to `<run>/logs/metrics.jsonl` (a resumed
+run keeps appending) and writes `step-XXXXXX/` checkpoints with a `meta.json`. Both are read
+through `pyarrow.fs`, so a run on `s3://` or `gs://` storage reads like a local one.
+
+    latest = latest_metrics(run_dir)          # {"step": 4, "loss": ..., ...} or None
+    checkpoints = list_checkpoints(run_dir)   # [{"step": 4, "path": ..., "metrics": {...}}, ...]
+    step = resume_step(run_dir)               # where a resume continues: Ray Train's latest checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow.fs as pafs
+
+from deepsynth.data.prepared import filesystem, join
+
+STEP_DIR = re.compile(r"^step-(\d{6})$")
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """Every line of the run's metrics.jsonl, oldest first; [] before the first report."""
+    fs, path = filesystem(run_dir)
+    try:
+        with fs.open_input_stream(join(path, "logs", "metrics.jsonl")) as f:
+            text = f.read().decode()
+    except FileNotFoundError:
+        return []
+    # The last line may be half-written while the loop appends; it is skipped until complete.
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def latest_metrics(run_dir: str) -> dict | None:
+    """The latest training-step report (a line with a loss), or None before the first step."""
+    steps = [line for line in read_metrics(run_dir) if "loss" in line]
+    return steps[-1] if steps else None
+
+
+def list_checkpoints(run_dir: str) -> list[dict]:
+    """Complete checkpoints (`step-XXXXXX/` with a meta.json) of a run, by step."""
+    fs, path = filesystem(run_dir)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        match = STEP_DIR.match(info.base_name)
+        if info.type != pafs.FileType.Directory or not match:
+            continue
+        try:
+            with fs.open_input_stream(join(info.path, "meta.json")) as f:
+                meta = json.loads(f.read())
+        except FileNotFoundError:
+            continue
+        found.append({"step": int(match.group(1)), "path": join(run_dir, info.base_name),
+                      "metrics": meta.get("metrics", {}), "created": meta.get("created")})
+    return sorted(found, key=lambda c: c["step"])
+
+
+def resume_step(run_dir: str) -> int | None:
+    """The step a resumed run continues from: Ray Train's latest registered checkpoint, or None (from scratch).
+
+    A `step-XXXXXX/` folder can exist before Ray Train records it in `checkpoint_manager_snapshot.json`
+    (a crash in between); resuming follows the snapshot, so this does too.
+    """
+    fs, path = filesystem(run_dir)
+    try:
+        with fs.open_input_stream(join(path, "checkpoint_manager_snapshot.json")) as f:
+            latest = json.loads(f.read()).get("latest_checkpoint_result")
+    except FileNotFoundError:
+        return None
+    match = STEP_DIR.match(latest["checkpoint_dir_name"]) if latest else None
+    return int(match.group(1)) if match else None
+
+
+def list_runs(runs_root: str) -> list[dict]:
+    """Every run folder under `runs_root` that has checkpoints, with them."""
+    fs, path = filesystem(runs_root)
+    runs = []
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), key=lambda i: i.base_name):
+        if info.type != pafs.FileType.Directory:
+            continue
+        checkpoints = list_checkpoints(join(runs_root, info.base_name))
+        if checkpoints:
+            runs.append({"run": info.base_name, "checkpoints": checkpoints})
+    return runs
+
+
+def remove_tree(folder: str) -> None:
+    """Delete a run or dataset folder (DELETE ?purge=true); a missing folder is fine."""
+    fs, path = filesystem(folder)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)

@@ -1,0 +1,357 @@
+"""Job requests → validated, server-built Ray Job entrypoints.
+
+A client asks for `{type, preset, overrides}`; it never sends an entrypoint, a runtime_env or
+a path. `build_spec` checks the preset exists, validates every override against the config the
+entry script itself uses (`TrainConfig` for train, `SweepConfig` for tune, `EvalConfig` for
+evaluate, `PrepareConfig` for prepare_dataset), applies the server's rules (where runs and
+datasets go, which models and how many workers are allowed) and builds the command with every
+value shell-quoted. What the server decides, a client cannot override:
+
+- where output goes: `storage_path`, `run_name`, `sweep_name`, `base_config`, evaluate's `out`,
+  prepare's `output` and `name` (all under `JobSettings.storage`, named after the job, so a job
+  only ever writes, and a purge only ever removes, its own folder);
+- `build_tiny_model` (it writes a folder), and `trust_remote_code` unless the server allows it;
+- `model`: a Hub id, or a folder under one of `JobSettings.model_roots`;
+- `dataset`: builtin, a dataset preset or `prepared:<name>` of a dataset under the storage;
+  never a local file path;
+- `num_workers` at most `JobSettings.max_workers`;
+- the driver's resources: an evaluate job on `device: cuda` (without Ray Data) asks Ray for one
+  GPU for its entrypoint, since drivers otherwise run on the (CPU-only) head node.
+
+    spec = build_spec(JobRequest(type="train", preset="cpu_smoke", overrides={"max_steps": 20}), "job-1", settings)
+    client.submit_job(entrypoint=spec.entrypoint, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from deepsynth.data.datasets import PRESETS
+from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, read_manifest
+from deepsynth.evaluation.benchmarks import BENCHMARKS
+from deepsynth.jobs.secrets import contains_secret
+from deepsynth.training.config import config_from_dict
+from deepsynth.training.sweep import SweepConfig
+
+JOB_TYPES = ("train", "tune", "evaluate", "prepare_dataset")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SpecError(ValueError):
+    """A request the server will not run; the message names the field and the fix (a 422)."""
+
+
+class JobRequest(BaseModel):
+    """What a client may send to create a job. Anything else (entrypoint, runtime_env, ...) is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["train", "tune", "evaluate", "prepare_dataset"]
+    preset: str = Field(pattern=NAME_PATTERN.pattern, description="a training/sweep YAML name, a benchmark (evaluate) "
+                        "or a dataset source (prepare_dataset); see GET /api/training/presets")
+    overrides: dict[str, JsonValue] = Field(default_factory=dict, description="config keys to change")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The server's side of every job: where things go and what clients may choose."""
+
+    storage: str
+    """Root of run folders (`<storage>/runs`), prepared datasets (`<storage>/datasets`) and evaluations."""
+    configs_dir: Path
+    """The YAML presets (ray_jobs/configs)."""
+    project_dir: Path
+    """Where entrypoints run (the folder holding ray_jobs/ on the cluster's nodes)."""
+    python: str
+    """The interpreter that runs entrypoints."""
+    model_roots: tuple[str, ...] = ()
+    """Local folders clients may name as `model`; empty allows Hub ids only."""
+    max_workers: int = 8
+    allow_remote_code: bool = False
+    """Whether a client may set trust_remote_code (runs code from a model repository)."""
+
+    @property
+    def runs_root(self) -> str:
+        return join(self.storage, "runs")
+
+    @property
+    def datasets_root(self) -> str:
+        return join(self.storage, "datasets")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    entrypoint: str
+    run_name: str
+    run_dir: str
+    total_steps: int | None
+    """Optimizer steps a train job will run (its progress denominator); None for other types."""
+    num_gpus: float = 0
+    """GPUs Ray reserves for the entrypoint (`entrypoint_num_gpus`); 0 lets it run anywhere, e.g. the head."""
+
+
+@dataclass
+class EvalConfig:
+    """The options of ray_jobs.evaluate a client may set (its CLI flags, as one dataclass)."""
+
+    checkpoint: str | None = None
+    """`<run>/step-XXXXXX`, a checkpoint of a run under the storage."""
+    model: str | None = None
+    """Evaluate a base model instead of a checkpoint."""
+    dataset: str | None = None
+    """Replaces the benchmark's dataset (builtin, a preset or prepared:<name>)."""
+    split: str | None = None
+    limit: int = 20
+    layout: str = "ocr2-page"
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.1
+    device: str = "cpu"
+    ray_data: bool = False
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.model is None):
+            raise ValueError("Set exactly one of checkpoint (<run>/step-XXXXXX) or model.")
+        for name in ("limit", "batch_size", "max_new_tokens", "num_beams", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.split is not None and self.split not in ("train", "validation", "test"):
+            raise ValueError(f"split must be train, validation or test, got {self.split!r}.")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}.")
+
+
+def list_presets(configs_dir: Path) -> list[dict]:
+    """Every YAML preset: its name, job type (train or tune), first comment line and values."""
+    presets = []
+    for path in sorted(configs_dir.glob("*.yaml")):
+        text = path.read_text()
+        values = yaml.safe_load(text) or {}
+        first = text.splitlines()[0] if text else ""
+        presets.append({"name": path.stem, "type": "tune" if "sweep_name" in values else "train",
+                        "description": first.lstrip("# ").strip() if first.startswith("#") else "", "config": values})
+    return presets
+
+
+def build_spec(request: JobRequest, job_id: str, settings: JobSettings, secrets: frozenset[str] = frozenset()) -> JobSpec:
+    """Validate `request` and build its entrypoint, or raise SpecError naming the field and the fix."""
+    for key, value in request.overrides.items():
+        if contains_secret(value, secrets):
+            raise SpecError(f"overrides.{key} carries a secret value; jobs read secrets (HF_TOKEN, ...) from the "
+                            "cluster's environment, never from a request.")
+    try:
+        builder = {"train": _train, "tune": _tune, "evaluate": _evaluate, "prepare_dataset": _prepare}[request.type]
+        return builder(request, job_id, settings)
+    except SpecError:
+        raise
+    except ValueError as err:  # the configs' own validation, which names the key and the fix
+        raise SpecError(str(err)) from None
+
+
+def _construct(cls, values: dict, where: str):
+    """`cls(**values)`, with a value of the wrong type (e.g. a string where a number goes) as a SpecError."""
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise SpecError(f"{where}: a value has the wrong type ({err}).") from None
+
+
+def _command(settings: JobSettings, module: str, args: list[str], before: str = "") -> str:
+    """`cd <project> && [before &&] exec python -m module args...`, every server- or client-given part quoted."""
+    parts = [settings.python, "-m", module, *args]
+    # `exec` so Ray's stop signal reaches the Python process itself, not only a shell.
+    steps = [f"cd {shlex.quote(str(settings.project_dir))}", *([before] if before else []),
+             "exec " + " ".join(shlex.quote(p) for p in parts)]
+    return " && ".join(steps)
+
+
+def _preset_file(settings: JobSettings, name: str, kind: str) -> tuple[Path, dict]:
+    presets = {p["name"]: p for p in list_presets(settings.configs_dir) if p["type"] == kind}
+    if name not in presets:
+        raise SpecError(f"preset {name!r} is not a {kind} preset; choose one of {sorted(presets)} "
+                        "(GET /api/training/presets).")
+    return settings.configs_dir / f"{name}.yaml", presets[name]["config"]
+
+
+def _refuse(overrides: dict, rules: dict[str, str], where: str = "overrides") -> None:
+    for key, why in rules.items():
+        if key in overrides:
+            raise SpecError(f"{where}.{key} cannot be set by a client: {why}")
+
+
+def _check_model(value: Any, settings: JobSettings, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{where} must be a Hub id (org/name) or a model folder under the server's model roots.")
+    if HUB_ID.match(value) and ".." not in value:
+        return value
+    path = Path(value)
+    if path.is_absolute():
+        resolved = path.resolve()
+        for root in settings.model_roots:
+            if resolved.is_relative_to(Path(root).resolve()):
+                if not (resolved / "config.json").exists():
+                    raise SpecError(f"{where}: {value} holds no model (no config.json).")
+                return str(resolved)
+    roots = list(settings.model_roots) or "none configured"
+    raise SpecError(f"{where}={value!r} is neither a Hub id (org/name) nor a folder under the server's model roots "
+                    f"({roots}).")
+
+
+def _check_dataset(value: Any, settings: JobSettings, where: str) -> str:
+    if value == "builtin" or value in PRESETS:
+        return value
+    if isinstance(value, str) and value.startswith(PREFIX) and NAME_PATTERN.match(value.removeprefix(PREFIX)):
+        folder = join(settings.datasets_root, value.removeprefix(PREFIX))
+        try:
+            read_manifest(folder)
+        except FileNotFoundError:
+            raise SpecError(f"{where}={value!r} is not a prepared dataset on this server; see GET "
+                            "/api/datasets/generated, or create it with a prepare_dataset job.") from None
+        return PREFIX + folder
+    raise SpecError(f"{where}={value!r}: use builtin, a dataset preset ({', '.join(sorted(PRESETS))}) or "
+                    "prepared:<name> of a dataset listed by GET /api/datasets/generated.")
+
+
+TRAIN_RULES = {
+    "storage_path": "runs go under the server's DEEPSYNTH_STORAGE.",
+    "run_name": "the server names the run after the job, so pause/resume find it.",
+    "build_tiny_model": "it writes a model folder; name an existing model instead.",
+}
+
+
+def _train_overrides(overrides: dict, settings: JobSettings, where: str) -> dict:
+    """Check the server's rules on TrainConfig overrides; return them with paths made server-side."""
+    _refuse(overrides, TRAIN_RULES, where)
+    values = dict(overrides)
+    if "model" in values:
+        values["model"] = _check_model(values["model"], settings, f"{where}.model")
+        values["build_tiny_model"] = False
+    if "dataset" in values:
+        values["dataset"] = _check_dataset(values["dataset"], settings, f"{where}.dataset")
+    if values.get("trust_remote_code") and not settings.allow_remote_code:
+        raise SpecError(f"{where}.trust_remote_code=true is not allowed on this server (it runs a model "
+                        "repository's code); ask the operator to allow it.")
+    workers = values.get("num_workers")
+    if isinstance(workers, int) and workers > settings.max_workers:
+        raise SpecError(f"{where}.num_workers={workers} is above this server's limit of {settings.max_workers}.")
+    return values
+
+
+def _train(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
+    path, preset = _preset_file(settings, request.preset, "train")
+    values = _train_overrides(request.overrides, settings, "overrides")
+    server = {"run_name": job_id, "storage_path": settings.runs_root}
+    config = config_from_dict({**preset, **values, **server}, source=f"preset {request.preset} with overrides")
+    args = ["--config", str(path), *(f"{k}={json.dumps(v)}" for k, v in {**values, **server}.items())]
+    return JobSpec(entrypoint=_command(settings, "ray_jobs.train", args), run_name=job_id,
+                   run_dir=join(settings.runs_root, job_id), total_steps=config.max_steps)
+
+
+def _tune(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
+    _, preset = _preset_file(settings, request.preset, "tune")
+    _refuse(request.overrides, {"sweep_name": "the server names the sweep after the job.",
+                                "base_config": "it is the preset's."})
+    known = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(request.overrides) - known)
+    if unknown:
+        raise SpecError(f"Unknown sweep keys {unknown}; known keys: {sorted(known - {'sweep_name', 'base_config'})}.")
+    trial_overrides = request.overrides.get("overrides", {})
+    if not isinstance(trial_overrides, dict):
+        raise SpecError("overrides.overrides must be a mapping of TrainConfig keys set for every trial.")
+    trial = {**preset.get("overrides", {}),
+             **_train_overrides(trial_overrides, settings, "overrides.overrides"), "storage_path": settings.runs_root}
+    base_config = settings.configs_dir / Path(preset["base_config"]).name
+    sweep = {**preset, **request.overrides, "sweep_name": job_id, "base_config": str(base_config), "overrides": trial}
+    _construct(SweepConfig, sweep, "overrides")  # the script's own validation, before anything runs
+    config_from_dict({**(yaml.safe_load(base_config.read_text()) or {}), **trial}, source="sweep overrides")
+    # The sweep file is written by the job itself, on whichever node runs it.
+    sweep_file = f".deepsynth/job-specs/{job_id}.yaml"
+    write = (f"mkdir -p .deepsynth/job-specs && printf %s {shlex.quote(yaml.safe_dump(sweep))} > "
+             f"{shlex.quote(sweep_file)}")
+    return JobSpec(entrypoint=_command(settings, "ray_jobs.tune_lora", ["--config", sweep_file], before=write),
+                   run_name=job_id, run_dir=join(settings.runs_root, job_id), total_steps=None)
+
+
+def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
+    if request.preset not in BENCHMARKS:
+        raise SpecError(f"preset {request.preset!r} is not a benchmark; choose one of {sorted(BENCHMARKS)} "
+                        "(GET /api/datasets/benchmarks).")
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(request.overrides) - known)
+    if unknown:
+        raise SpecError(f"Unknown evaluate keys {unknown}; known keys: {sorted(known)}.")
+    if "://" in settings.storage:
+        raise SpecError("evaluate jobs need the server's storage (DEEPSYNTH_STORAGE) on a shared filesystem: "
+                        "evaluation and serving load checkpoints, and write reports, as local files, and this "
+                        "server keeps runs on a cloud URI. Ask the operator to mount the storage (e.g. /data).")
+    config = _construct(EvalConfig, request.overrides, "overrides")
+    args = []
+    if config.checkpoint is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/step-\d{6}", config.checkpoint):
+            raise SpecError("overrides.checkpoint must be <run>/step-XXXXXX, as GET /api/training/checkpoints lists.")
+        checkpoint = join(settings.runs_root, config.checkpoint)
+        if not (Path(checkpoint) / "meta.json").exists():
+            raise SpecError(f"overrides.checkpoint {config.checkpoint!r} does not exist; "
+                            "see GET /api/training/checkpoints.")
+        args += ["--checkpoint", checkpoint]
+    else:
+        args += ["--model", _check_model(config.model, settings, "overrides.model")]
+    if config.dataset is not None:
+        args += ["--dataset", _check_dataset(config.dataset, settings, "overrides.dataset"),
+                 "--split", config.split or "test"]
+    else:
+        args += ["--benchmark", request.preset]
+    args += ["--limit", str(config.limit), "--layout", config.layout, "--batch-size", str(config.batch_size),
+             "--max-new-tokens", str(config.max_new_tokens), "--num-beams", str(config.num_beams),
+             "--no-repeat-ngram-size", str(config.no_repeat_ngram_size),
+             "--repetition-penalty", str(config.repetition_penalty), "--device", config.device,
+             "--concurrency", str(config.concurrency), "--out", join(settings.storage, "evals", job_id, "report.json")]
+    if config.ray_data:
+        args.append("--ray-data")
+    # With Ray Data the model runs in GPU actors Ray places; without it, in the driver itself.
+    num_gpus = 1 if config.device == "cuda" and not config.ray_data else 0
+    return JobSpec(entrypoint=_command(settings, "ray_jobs.evaluate", args), run_name=job_id,
+                   run_dir=join(settings.storage, "evals", job_id), total_steps=None, num_gpus=num_gpus)
+
+
+def _prepare(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
+    if request.preset != "builtin" and request.preset not in PRESETS:
+        raise SpecError(f"preset {request.preset!r} is not a dataset source; choose builtin or one of "
+                        f"{sorted(PRESETS)}.")
+    _refuse(request.overrides, {"source": "it is the preset.", "output": "datasets go under DEEPSYNTH_STORAGE.",
+                                "name": "the server names the dataset after the job (train on it with "
+                                        "dataset=prepared:<job id>)."})
+    known = {f.name for f in dataclasses.fields(PrepareConfig)} - {"source", "name"}
+    unknown = sorted(set(request.overrides) - known)
+    if unknown:
+        raise SpecError(f"Unknown prepare_dataset keys {unknown}; known keys: {sorted(known)}.")
+    values = {**request.overrides, "name": job_id, "source": request.preset}
+    if "model" in values:
+        values["model"] = _check_model(values["model"], settings, "overrides.model")
+    if values.get("trust_remote_code") and not settings.allow_remote_code:
+        raise SpecError("overrides.trust_remote_code=true is not allowed on this server.")
+    config = _construct(PrepareConfig, values, "overrides")
+    args = ["--name", config.name, "--source", config.source, "--splits", ",".join(config.splits),
+            "--seed", str(config.seed), "--layout", config.layout, "--max-pages", str(config.max_pages),
+            "--model", config.model, "--rows-per-shard", str(config.rows_per_shard), "--output", settings.storage]
+    for flag, value in (("--limit", config.limit), ("--text-field", config.text_field),
+                        ("--summary-field", config.summary_field)):
+        if value is not None:
+            args += [flag, str(value)]
+    if config.trust_remote_code:
+        args.append("--trust-remote-code")
+    return JobSpec(entrypoint=_command(settings, "ray_jobs.prepare_dataset", args), run_name=config.name,
+                   run_dir=join(settings.datasets_root, config.name), total_steps=None)
+

@@ -1,0 +1,322 @@
+"""The job-control API: a Ray Serve application that drives Ray Jobs (train, tune, evaluate, prepare_dataset).
+
+    serve run serve.jobs:build_app state_dir=/state storage=/runs      # or in serve/config.yaml under /api
+
+Mounted at `/api`, it serves `GET /api/healthz`, presets and listings, and `/api/jobs`
+(create, list, get, logs, pause, resume, delete); OpenAPI at `/api/docs`. Every route but
+`/healthz` needs `Authorization: Bearer <token>`; the token is read inside the replica from the
+file `api_token_file` or the environment variable `api_token_env` (default DEEPSYNTH_API_TOKEN),
+so it never appears in the Serve config or the Ray dashboard. The replica reaches Ray Jobs with
+Ray's own token (RAY_AUTH_TOKEN or Ray's token file) through a `JobSubmissionClient`. The HTTP
+layer is thin: it checks the token, parses pydantic schemas and calls `JobService`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from deepsynth.data.prepared import list_prepared
+from deepsynth.evaluation.benchmarks import BENCHMARKS
+from deepsynth.jobs.progress import list_runs
+from deepsynth.jobs.ratelimit import RateLimiter
+from deepsynth.jobs.secrets import scrub, secret_values
+from deepsynth.jobs.service import Conflict, JobService, RateLimited, RayUnavailable
+from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, list_presets
+from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobStore
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# Query parameters that would carry a token in a URL (and so into proxy and access logs).
+TOKEN_PARAMS = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
+UNAUTHORIZED = ("Missing or invalid token: send 'Authorization: Bearer <DEEPSYNTH_API_TOKEN>' as a header "
+                "(never in the URL).")
+
+
+class AppArgs(BaseModel):
+    """Arguments of `build_app` (`serve run serve.jobs:build_app key=value`, or `args:` in serve/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: str | None = None
+    """Folder of the job database; default $DEEPSYNTH_STATE_DIR, else .deepsynth/state."""
+    storage: str | None = None
+    """The root under which jobs write `runs/`, `datasets/` and `evals/` (a shared path, or s3://, gs:// for
+    train, tune and prepare_dataset jobs only); default $DEEPSYNTH_STORAGE, else .deepsynth."""
+    api_token_file: str | None = None
+    """A file holding the API token; read in the replica. Takes precedence over api_token_env."""
+    api_token_env: str = "DEEPSYNTH_API_TOKEN"
+    """The environment variable holding the API token in the replica's environment."""
+    ray_dashboard_url: str | None = None
+    """Ray's Jobs API address (the dashboard, http://<head>:8265); default the GCS address of the cluster the
+    replica runs in. Ray's JobSubmissionClient itself replaces either with $RAY_API_SERVER_ADDRESS, else
+    $RAY_ADDRESS, when one is set in the replica's environment."""
+    model_roots: list[str] = Field(default_factory=list)
+    """Local folders clients may name as a job's model; default none (Hub ids only)."""
+    max_workers: int = Field(8, ge=1)
+    allow_remote_code: bool = False
+    rate_per_minute: float = Field(10.0, gt=0)
+    """Jobs a client may create per minute, on average."""
+    rate_burst: int = Field(5, ge=1)
+    """Jobs a client may create at once before the rate applies."""
+    project_dir: str | None = None
+    """Where entrypoints run (holds ray_jobs/); default the folder this package is in."""
+    python: str | None = None
+    """Interpreter of the entrypoints; default the replica's own."""
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Progress(BaseModel):
+    step: int
+    total: int | None
+    fraction: float | None
+
+
+class CheckpointView(BaseModel):
+    step: int
+    path: str
+    metrics: dict[str, Any]
+    created: str | None = None
+
+
+class JobView(BaseModel):
+    id: str
+    type: str
+    preset: str
+    overrides: dict[str, Any]
+    status: str = Field(description=f"one of {list(STATUSES)}")
+    run_name: str
+    created: float
+    updated: float
+    error: str | None
+    attempts: int
+    ray_job_id: str | None
+    progress: Progress | None
+    latest_metrics: dict[str, Any] | None
+    checkpoints: list[CheckpointView]
+    resume_step: int | None = Field(description="the checkpoint step a resume continues from (train jobs); "
+                                    "None starts from scratch")
+
+
+class DeleteResult(BaseModel):
+    id: str
+    deleted: bool
+    stopped: bool
+    purged: list[str]
+
+
+def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+def read_api_token(args: AppArgs, environ: dict[str, str]) -> str:
+    if args.api_token_file:
+        token = Path(args.api_token_file).read_text().strip()
+    else:
+        token = environ.get(args.api_token_env, "").strip()
+    if len(token) < 16:
+        raise ValueError(f"The job API needs a token of at least 16 characters: set {args.api_token_env} in the "
+                         "replica's environment or api_token_file to a file holding it.")
+    return token
+
+
+def read_ray_token(environ: dict[str, str]) -> str | None:
+    """Ray's auth token as Ray itself finds it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token."""
+    if environ.get("RAY_AUTH_TOKEN"):
+        return environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> FastAPI:
+    """The FastAPI app over a JobService; auth is a middleware, so a bad token costs no handler work."""
+    app = FastAPI(title="DeepSynth job API", version="1",
+                  description="Create, watch, pause, resume and delete training, sweep, evaluation and dataset jobs.",
+                  responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    expected = f"Bearer {api_token}".encode()
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        root = request.scope.get("root_path", "")
+        path = request.scope["path"]
+        path = path[len(root):] if root and path.startswith(root) else path
+        if path == "/healthz":
+            return await call_next(request)
+        query = unquote(request.scope.get("query_string", b"").decode("latin-1"))
+        in_query = api_token in query or any(k.lower() in TOKEN_PARAMS for k, _ in parse_qsl(query))
+        given = request.headers.get("authorization", "").encode()
+        if in_query or not hmac.compare_digest(given, expected):
+            return error(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # Location and reason only: pydantic's messages can echo the input, which may hold a secret.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error(422, "invalid_request", scrub(problems, secrets))
+
+    @app.exception_handler(SpecError)
+    async def bad_spec(request: Request, exc: SpecError):
+        return error(422, "invalid_job", scrub(str(exc), secrets))
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(request: Request, exc: JobNotFound):
+        return error(404, "not_found", str(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def invalid_transition(request: Request, exc: InvalidTransition):
+        return error(409, "invalid_transition", str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict):
+        return error(409, "conflict", str(exc))
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited):
+        return error(429, "rate_limited", str(exc), {"Retry-After": str(int(exc.retry_after))})
+
+    @app.exception_handler(RayUnavailable)
+    async def ray_unavailable(request: Request, exc: RayUnavailable):
+        return error(503, "ray_unavailable", scrub(str(exc), secrets), {"Retry-After": "5"})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/training/presets")
+    def training_presets() -> list[dict]:
+        """Named training (train) and sweep (tune) configs: the YAML files the entry scripts read."""
+        return list_presets(service.settings.configs_dir)
+
+    @app.get("/datasets/benchmarks")
+    def benchmarks() -> list[dict]:
+        """Evaluation presets: dataset, split and published reference scores."""
+        return [{"name": name, "dataset": b.dataset, "split": b.split, "reference_model": b.reference_model,
+                 "reference_rouge": b.reference_rouge, "source": b.source} for name, b in BENCHMARKS.items()]
+
+    @app.get("/datasets/generated")
+    def generated() -> list[dict]:
+        """Datasets prepared on the cluster (prepare_dataset jobs); train on one with dataset=prepared:<name>."""
+        return list_prepared(service.settings.datasets_root)
+
+    @app.get("/training/checkpoints")
+    def checkpoints() -> list[dict]:
+        """Every run under the storage with its checkpoints: step, metrics and path."""
+        return list_runs(service.settings.runs_root)
+
+    @app.post("/jobs", status_code=201, response_model=JobView,
+              responses={200: {"model": JobView, "description": "an Idempotency-Key replay"},
+                         409: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+    def create_job(request: JobRequest, idempotency_key: str | None = Header(None, max_length=200)):
+        view, created = service.create(request, idempotency_key)
+        return JSONResponse(JobView(**view).model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.get("/jobs", response_model=list[JobView])
+    def list_jobs():
+        return service.list()
+
+    @app.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorResponse}})
+    def get_job(job_id: str):
+        """The job as Ray last reported it; while Ray is unreachable, the last known state."""
+        return service.get(job_id)
+
+    @app.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, responses={404: {"model": ErrorResponse}})
+    def job_logs(job_id: str, tail: int | None = Query(None, ge=1, le=100_000)):
+        """The job's output, every attempt (a resume is a new attempt), with secrets redacted."""
+        return PlainTextResponse(service.logs(job_id, tail))
+
+    @app.post("/jobs/{job_id}/pause", response_model=JobView, status_code=202,
+              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    def pause_job(job_id: str):
+        """Graceful stop: the trainer checkpoints at the next step boundary; the job becomes paused."""
+        return service.pause(job_id)
+
+    @app.post("/jobs/{job_id}/resume", response_model=JobView, status_code=202,
+              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    def resume_job(job_id: str):
+        """A new Ray job on the same run name and storage path, continuing from the latest checkpoint."""
+        return service.resume(job_id)
+
+    @app.delete("/jobs/{job_id}", response_model=DeleteResult,
+                responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    def delete_job(job_id: str, purge: bool = False):
+        """Stop the job if it runs and remove its record. ?purge=true (a finished or paused job only, else 409)
+        also removes its run, dataset or evaluation folder and Ray's records of its attempts."""
+        return service.delete(job_id, purge)
+
+    return app
+
+
+def build_service(args: AppArgs, environ: dict[str, str], client: Any, clock: Callable[[], float] = time.time
+                  ) -> tuple[JobService, str, frozenset[str]]:
+    """The service, the API token and the secrets to scrub, from the app's args and the replica's environment."""
+    api_token = read_api_token(args, environ)
+    storage = args.storage or environ.get("DEEPSYNTH_STORAGE") or ".deepsynth"
+    storage = storage if "://" in storage else str(Path(storage).resolve())
+    state_dir = Path(args.state_dir or environ.get("DEEPSYNTH_STATE_DIR") or ".deepsynth/state").resolve()
+    project_dir = Path(args.project_dir).resolve() if args.project_dir else PROJECT_DIR
+    settings = JobSettings(storage=storage, configs_dir=project_dir / "ray_jobs" / "configs", project_dir=project_dir,
+                           python=args.python or sys.executable, model_roots=tuple(args.model_roots),
+                           max_workers=args.max_workers, allow_remote_code=args.allow_remote_code)
+    secrets = secret_values(environ, extra=[api_token, read_ray_token(environ)])
+    store = JobStore(state_dir / "jobs.sqlite3", clock=clock)
+    limiter = RateLimiter(args.rate_per_minute, args.rate_burst, clock=time.monotonic)
+    return JobService(store, client, settings, secrets=secrets, limiter=limiter), api_token, secrets
+
+
+def ray_job_client(dashboard_url: str | None, environ: dict[str, str]):
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    token = read_ray_token(environ)
+    # Without a URL, the cluster this replica runs in (found through its GCS), never "the local
+    # cluster": a machine may run several, and the Jobs API would then refuse to guess.
+    address = dashboard_url or ray.get_runtime_context().gcs_address
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class JobsAPI:
+    """One replica: job records live in one SQLite file, written by one process."""
+
+    def __init__(self, args: dict, client_factory: Callable[[str | None, dict], Any] | None = None):
+        parsed = AppArgs(**args)
+        environ = dict(os.environ)
+        client = (client_factory or ray_job_client)(parsed.ray_dashboard_url, environ)
+        self.service, self.api_token, self.secrets = build_service(parsed, environ, client)
+        reconciled = self.service.reconcile()
+        if reconciled:
+            logger.info("Reconciled job records with Ray: %s", reconciled)
+
+    def __serve_build_asgi_app__(self):
+        return create_api(self.service, self.api_token, self.secrets)
+
+
+def build_app(args: dict) -> Application:
+    """The job API application; `args` are `AppArgs`, checked here so a typo fails at deploy time."""
+    AppArgs(**args)
+    return JobsAPI.bind(dict(args))

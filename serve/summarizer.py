@@ -1,0 +1,449 @@
+"""The summarization endpoint as a Ray Serve application: an HTTP ingress and a batched model deployment.
+
+    serve run serve.summarizer:build_app checkpoint=runs/x/step-000500 adapters=legal=runs/y/step-000300
+    serve run serve.summarizer:app model=deepseek-community/DeepSeek-OCR-2 device=cuda num_gpus=1
+
+`build_app(args)` validates every argument (`deepsynth.serving.config.ServeConfig`) before
+anything loads and returns two deployments. `SummarizerIngress` is the FastAPI layer: it reads
+the body under the size limit, validates it against the pydantic schemas, renders text or PDFs
+to pages and counts their tokens in a worker thread (so a big PDF never stalls its event loop)
+and maps every refusal to a JSON `{error, detail}` body with its status. Readiness comes from
+Serve's controller, never through the model's request queue, so a busy server stays in its load
+balancer. `SummarizerModel` holds the model: concurrent
+requests meet in `@serve.batch` and share `generate` calls, LoRA adapters are loaded by name
+through `@serve.multiplexed` (an LRU set per replica), and its queue bound turns overload into a
+fast 503/429 with `Retry-After`. The routes and settings are documented in docs/serving.md.
+"""
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+from ray.serve.handle import DeploymentHandle
+from ray.util import metrics
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+import deepsynth
+from deepsynth.data.compression import compression_stats
+from deepsynth.model.families import ModelFamily
+from deepsynth.model.loading import load_processor
+from deepsynth.serving.adapters import AdapterSet, LoadedAdapter
+from deepsynth.serving.config import ServeConfig, load_serve_config
+from deepsynth.serving.engine import SummaryJob, SummaryResult, load_served_model, summarize_jobs
+from deepsynth.serving.inputs import check_content_length, file_pages, limited_stream, read_body, text_pages
+from deepsynth.serving.schemas import (
+    AdapterInfo,
+    ErrorResponse,
+    HealthResponse,
+    IngressStats,
+    ModelsResponse,
+    ReplicaStats,
+    ServingError,
+    StatsResponse,
+    SummarizeOptions,
+    SummarizeResponse,
+    SummarizeTextRequest,
+    Timings,
+    Usage,
+    validation_detail,
+)
+from deepsynth.training.checkpoint import read_meta
+
+ADAPTER_HEADER = "serve_multiplexed_model_id"
+LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 429, 503, 504)}
+READY_CACHE_S = 5.0
+"""How long /readyz reuses the controller's answer, so load-balancer probes cost it little."""
+STATS_TIMEOUT_S = 10.0
+
+api = FastAPI(
+    title="DeepSynth summarizer",
+    version=deepsynth.__version__,
+    description="Summaries of documents (text, PDF or page images) read as page images by a DeepSeek-OCR model.",
+)
+
+
+def _error(err: ServingError) -> JSONResponse:
+    body = ErrorResponse(error=err.error, detail=err.detail).model_dump()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+@api.exception_handler(ServingError)
+async def _serving_error(request: Request, err: ServingError) -> JSONResponse:
+    return _error(err)
+
+
+@api.exception_handler(RequestValidationError)
+async def _request_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return _error(ServingError(422, "invalid_request", validation_detail(err.errors())))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "invalid_request")
+    return _error(ServingError(err.status_code, code, str(err.detail), dict(err.headers or {})))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    # Our bug: the traceback goes to the replica's log, the client gets no internals.
+    return _error(ServingError(500, "internal_error", "The server failed on this request; see the replica logs."))
+
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                 "description": "One PDF, or one PNG/JPEG per page in page order."},
+        **SummarizeOptions.model_json_schema()["properties"],
+    },
+}
+_SUMMARIZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": SummarizeTextRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+def models_response(config: ServeConfig, family: ModelFamily) -> ModelsResponse:
+    adapters = []
+    for name, path in sorted(config.adapters.items()):
+        meta = read_meta(path)
+        adapters.append(AdapterInfo(name=name, step=meta["step"], base_model=meta["base_model"], mode=meta["mode"]))
+    return ModelsResponse(model=config.model_id, family=family.name, adapters=adapters)
+
+
+def model_ready(status: Any, app: str, deployment: str, min_replicas: int) -> bool:
+    """Whether the model deployment in `serve.status()` takes requests: a replica is running (so it
+    loaded the model), or it scales from zero and is healthy, so a request makes Serve start one."""
+    application = status.applications.get(app)
+    overview = application.deployments.get(deployment) if application else None
+    if overview is None:
+        return False
+    running = sum(count for state, count in overview.replica_states.items() if state == "RUNNING")
+    return running > 0 or (min_replicas == 0 and overview.status in ("HEALTHY", "UPSCALING", "DOWNSCALING"))
+
+
+@serve.deployment
+class SummarizerModel:
+    """One copy of the model; batches documents into `generate` calls, with LoRA adapters multiplexed by name."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = ServeConfig.model_validate(config)
+        loaded = load_served_model(self.config)
+        self.processor, self.family = loaded.processor, loaded.family
+        self.adapters = AdapterSet(loaded.model, self.config.adapters)
+        # Adapters, switching and generation share one model, so one batch at a time touches it
+        # (Serve runs the per-adapter sub-batches of a batch concurrently).
+        self.model_lock = asyncio.Lock()
+        self.model_idle = asyncio.Event()
+        self.model_idle.set()
+
+        async def load_adapter(name: str) -> LoadedAdapter:
+            return await asyncio.to_thread(self.adapters.load, name)
+
+        self.get_adapter = serve.multiplexed(max_num_models_per_replica=self.config.max_loaded_adapters)(load_adapter)
+        self._summarize_batch.set_max_batch_size(self.config.max_batch_size)
+        self._summarize_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.requests = self.generate_calls = self.batches = 0
+        self.documents_metric = metrics.Counter(
+            "deepsynth_summarizer_documents", "Documents summarized by the model replicas.", tag_keys=("adapter",))
+        self.generate_calls_metric = metrics.Counter(
+            "deepsynth_summarizer_generate_calls", "generate() calls of the model replicas.")
+        self.batch_size_metric = metrics.Histogram(
+            "deepsynth_summarizer_batch_size", "Documents per batch.", boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.queue_wait_metric = metrics.Histogram(
+            "deepsynth_summarizer_queue_wait_s", "Seconds a document waited on the model replica before its batch "
+            "started.", boundaries=LATENCY_BUCKETS_S)
+        self.generate_metric = metrics.Histogram(
+            "deepsynth_summarizer_generate_s", "Seconds per generate call (encode + generate).", boundaries=LATENCY_BUCKETS_S)
+
+    async def summarize(self, job: SummaryJob) -> SummaryResult:
+        job.received = time.monotonic()
+        # While a batch generates, arrivals wait here and then enter the batch queue together, so the
+        # next batch fills up instead of closing on the batch-wait timer with whoever came first.
+        await self.model_idle.wait()
+        return await self._summarize_batch(job)
+
+    @serve.batch
+    async def _summarize_batch(self, jobs: list[SummaryJob]) -> list[SummaryResult]:
+        results: list[SummaryResult] = []
+        async with self.model_lock:
+            self.model_idle.clear()
+            try:
+                # Serve splits batches by multiplexed model id, so this is one adapter group unless a
+                # caller bypassed the ingress.
+                for adapter, group in groupby(jobs, key=lambda job: job.adapter):
+                    group = list(group)
+                    if adapter is not None:
+                        await self.get_adapter(adapter)
+                    group_results, generate_seconds = await asyncio.to_thread(self._generate, adapter, group)
+                    results += group_results
+                    self.generate_calls += len(generate_seconds)
+                    self.generate_calls_metric.inc(len(generate_seconds))
+                    for seconds in generate_seconds:
+                        self.generate_metric.observe(seconds)
+                    self.documents_metric.inc(len(group), tags={"adapter": adapter or ""})
+            finally:
+                self.model_idle.set()
+        self.requests += len(jobs)
+        self.batches += 1
+        self.batch_size_metric.observe(len(jobs))
+        for result in results:
+            self.queue_wait_metric.observe(result.queue_s)
+        return results
+
+    def _generate(self, adapter: str | None, jobs: list[SummaryJob]) -> tuple[list[SummaryResult], list[float]]:
+        with self.adapters.active(adapter) as model:
+            return summarize_jobs(model, self.processor, self.family, jobs, self.config)
+
+    async def stats(self) -> ReplicaStats:
+        return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,
+                            generate_calls=self.generate_calls, batches=self.batches,
+                            loaded_adapters=self.adapters.loaded)
+
+
+@serve.deployment
+@serve.ingress(api)
+class SummarizerIngress:
+    """The HTTP layer: limits, parsing and rendering here, generation on `SummarizerModel`."""
+
+    def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
+        self.config = ServeConfig.model_validate(config)
+        self.model = model
+        # The model's processor without its weights: the usage counts are the replica's own.
+        _, self.family = load_processor(self.config.base_model())
+        self.models = models_response(self.config, self.family)
+        self.ready_at, self.ready = float("-inf"), False
+        # Its own thread: in the default pool, the controller call would queue behind the rendering of a full server.
+        self.status_thread = ThreadPoolExecutor(1, thread_name_prefix="readyz")
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.requests = self.rejected = 0
+        self.requests_metric = metrics.Counter(
+            "deepsynth_summarizer_requests", "Summarize requests by HTTP status.", tag_keys=("status",))
+        self.latency_metric = metrics.Histogram(
+            "deepsynth_summarizer_latency_s", "End-to-end seconds of summarize requests that succeeded.",
+            boundaries=LATENCY_BUCKETS_S)
+
+    @api.get("/healthz", response_model=HealthResponse)
+    async def healthz(self) -> HealthResponse:
+        """The ingress process is alive."""
+        return HealthResponse(status="ok")
+
+    @api.get("/readyz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> HealthResponse:
+        """200 while a model replica is running (it has loaded the model), however busy; 503 otherwise."""
+        # Asking the model itself would queue behind the requests and fail exactly when the server is busy.
+        if time.monotonic() - self.ready_at >= READY_CACHE_S:
+            try:
+                status = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self.status_thread, serve.status), timeout=2.0)
+            except (TimeoutError, RayServeException, RayError):
+                raise ServingError(503, "not_ready", "Serve's controller did not answer; retry shortly.",
+                                   {"Retry-After": str(self.config.retry_after_s)}) from None
+            self.ready = model_ready(status, self.model.app_name, self.model.deployment_name, self.config.min_replicas)
+            self.ready_at = time.monotonic()
+        if not self.ready:
+            raise ServingError(503, "not_ready", "No model replica is running yet; retry shortly.",
+                               {"Retry-After": str(self.config.retry_after_s)})
+        return HealthResponse(status="ready")
+
+    @api.get("/v1/models", response_model=ModelsResponse)
+    async def list_models(self) -> ModelsResponse:
+        """The base model and the LoRA adapters a request can name."""
+        return self.models
+
+    @api.get("/v1/stats", response_model=StatsResponse)
+    async def stats(self) -> StatsResponse:
+        """Counters of this ingress replica and of the model replica that answers (batching shows as
+        fewer generate_calls than requests)."""
+        model = await self._await_model(
+            self.model.stats.remote(), STATS_TIMEOUT_S,
+            f"The model replica did not report its stats within {STATS_TIMEOUT_S:g} s (it is busy); retry later.")
+        ingress = IngressStats(replica=self.replica, pid=os.getpid(), requests=self.requests, rejected=self.rejected)
+        return StatsResponse(ingress=ingress, model=model)
+
+    @api.post("/v1/summarize", response_model=SummarizeResponse, responses=ERRORS, openapi_extra=_SUMMARIZE_BODY)
+    async def summarize(self, request: Request) -> SummarizeResponse:
+        """Summarize JSON `{"text": ...}`, or a multipart upload of one PDF or PNG/JPEG pages (field `file`)."""
+        started = time.monotonic()
+        self.requests += 1
+        status = 500
+        try:
+            response = await self._summarize(request, started)
+            status = 200
+            self.latency_metric.observe(time.monotonic() - started)
+            return response
+        except ServingError as err:
+            status = err.status
+            raise
+        finally:
+            if status != 200:
+                self.rejected += 1
+            self.requests_metric.inc(tags={"status": str(status)})
+
+    async def _summarize(self, request: Request, started: float) -> SummarizeResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "application/json":
+            body = await read_body(request.headers, request.stream(), self.config.max_body_bytes)
+            try:
+                payload = SummarizeTextRequest.model_validate_json(body)
+            except ValidationError as err:
+                raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
+            job = self._job(payload.options(), request)
+            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._text_input, payload.text)
+        elif media_type == "multipart/form-data":
+            files, fields = await self._read_form(request)
+            try:
+                options = SummarizeOptions.model_validate(fields)
+            except ValidationError as err:
+                raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
+            job = self._job(options, request)
+            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._file_input, files)
+        else:
+            raise ServingError(415, "unsupported_media_type",
+                               f"Content-Type {media_type or 'none'!r} is not accepted; send application/json "
+                               "with a text field, or multipart/form-data with a PDF or page images.")
+        render_s = time.monotonic() - started
+        result = await self._generate(job, started)
+        total_s = time.monotonic() - started
+        return SummarizeResponse(
+            summary=result.summary,
+            model=self.config.model_id,
+            adapter=job.adapter,
+            usage=Usage(
+                pages=len(job.pages),
+                visual_tokens=visual_tokens,
+                source_text_tokens=text_tokens,
+                summary_tokens=result.summary_tokens,
+                compression_ratio=text_tokens / visual_tokens if text_tokens is not None else None,
+                batch_size=result.batch_size,
+                timings=Timings(render_s=render_s, queue_s=result.queue_s, generate_s=result.generate_s,
+                                total_s=total_s),
+            ),
+        )
+
+    def _text_input(self, text: str) -> tuple[list[Image.Image], int, int]:
+        """Pages, visual tokens and text tokens of `text`, counted as evaluation counts them."""
+        pages = text_pages(text, self.config)
+        stats = compression_stats(text, pages, self.family)
+        return pages, stats.visual_tokens, stats.text_tokens
+
+    def _file_input(self, files: list[bytes]) -> tuple[list[Image.Image], int, None]:
+        pages = file_pages(files, self.config)
+        return pages, sum(self.family.count_visual_tokens(*page.size) for page in pages), None
+
+    async def _read_form(self, request: Request) -> tuple[list[bytes], dict[str, str]]:
+        check_content_length(request.headers, self.config.max_body_bytes)
+        parser = MultiPartParser(request.headers, limited_stream(request.stream(), self.config.max_body_bytes),
+                                 max_files=self.config.max_pages, max_fields=8, max_part_size=64 * 1024)
+        # If parse() fails, our 413 from limited_stream included, Starlette closes the files it spooled;
+        # after it succeeds, form.close() below does.
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            status = 413 if "Too many files" in str(err) else 400
+            raise ServingError(status, "payload_too_large" if status == 413 else "invalid_request",
+                               f"{err} Send at most {self.config.max_pages} page files and short option fields."
+                               ) from None
+        try:
+            files = [await value.read() for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+        finally:
+            await form.close()
+        return files, fields
+
+    def _job(self, options: SummarizeOptions, request: Request) -> SummaryJob:
+        """Check the options against the server's limits and adapters, before any rendering."""
+        config = self.config
+        max_new_tokens = options.max_new_tokens or config.default_max_new_tokens
+        if max_new_tokens > config.max_new_tokens_limit:
+            raise ServingError(422, "invalid_request", f"max_new_tokens={max_new_tokens} is above this server's "
+                               f"limit of {config.max_new_tokens_limit}.")
+        num_beams = options.num_beams or 1
+        if num_beams > config.max_num_beams:
+            raise ServingError(422, "invalid_request",
+                               f"num_beams={num_beams} is above this server's limit of {config.max_num_beams}.")
+        header = request.headers.get(ADAPTER_HEADER) or None
+        if options.adapter and header and options.adapter != header:
+            raise ServingError(422, "invalid_request", f"The adapter field ({options.adapter!r}) and the "
+                               f"{ADAPTER_HEADER} header ({header!r}) disagree; send one of them.")
+        adapter = options.adapter or header
+        if adapter is not None and adapter not in config.adapters:
+            raise ServingError(404, "adapter_not_found", f"No adapter named {adapter!r}; GET /v1/models lists "
+                               f"the servable ones: {sorted(config.adapters)}.")
+        return SummaryJob(pages=[], max_new_tokens=max_new_tokens, num_beams=num_beams, adapter=adapter)
+
+    async def _generate(self, job: SummaryJob, started: float) -> SummaryResult:
+        handle = self.model.options(multiplexed_model_id=job.adapter or "")
+        remaining = self.config.request_timeout_s - (time.monotonic() - started)
+        return await self._await_model(
+            handle.summarize.remote(job), max(remaining, 0.001),
+            f"The request took longer than this server's limit of {self.config.request_timeout_s:g} s; send a "
+            "shorter document or fewer max_new_tokens, or retry later.")
+
+    async def _await_model(self, response: Any, timeout_s: float, timeout_detail: str) -> Any:
+        """The model deployment's answer, with its backpressure, absence or slowness as 503/429/504."""
+        retry = {"Retry-After": str(self.config.retry_after_s)}
+        try:
+            return await asyncio.wait_for(response, timeout=timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise ServingError(504, "timeout", timeout_detail) from None
+        except BackPressureError as err:
+            raise ServingError(err.status_code, "overloaded", "The server is at capacity (its queue is full); "
+                               "retry after the Retry-After delay.", retry) from None
+        except DeploymentUnavailableError:
+            raise ServingError(503, "not_ready", "The model deployment is unavailable; retry shortly.",
+                               retry) from None
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Validate `args` (the fields of ServeConfig) and bind the ingress to the model deployment."""
+    config = load_serve_config(args)
+    plain = config.model_dump()
+    backpressure = {"status_code": config.overload_status, "retry_after_s": config.retry_after_s}
+    model = SummarizerModel.options(
+        autoscaling_config={
+            "min_replicas": config.min_replicas,
+            "initial_replicas": max(config.min_replicas, 1),
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.target_ongoing_requests,
+            "upscale_delay_s": config.upscale_delay_s,
+            "downscale_delay_s": config.downscale_delay_s,
+        },
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+        max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config=backpressure,
+    ).bind(plain)
+    return SummarizerIngress.options(
+        num_replicas=config.ingress_replicas,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus},
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
+        max_queued_requests=config.ingress_max_queued_requests,
+        backpressure_config=backpressure,
+    ).bind(model, plain)
+
+
+# `serve run serve.summarizer:app key=value ...` and `import_path: serve.summarizer:app` call the builder.
+app = build_app
