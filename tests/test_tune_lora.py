@@ -14,9 +14,9 @@ def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_
 ):
     sweep = yaml.safe_load(Path("ray_jobs/configs/sweep_cpu.yaml").read_text())
     sweep["overrides"].update(storage_path=str(tmp_path), model=str(tiny_model_dir), build_tiny_model=False,
-                              max_steps=4)
-    sweep["rouge_documents"] = 4
-    sweep["grace_period"] = 5  # ASHA's only rung is the last step, so every trial finishes and is scored
+                              max_steps=2, eval_every=2, log_every=1)
+    sweep["rouge_documents"] = 2
+    sweep["grace_period"] = 3  # ASHA's only rung is the last step, so every trial finishes and is scored
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(sweep))
 

@@ -113,6 +113,7 @@ def test_full_mode_trains_the_decoder_and_keeps_the_vision_tower(ray_cluster, ti
     assert not any("vision_tower" in k for k in saved), "the checkpoint holds no vision weights"
 
 
+@pytest.mark.slow  # bitsandbytes' CPU kernels make this the slowest mode per step
 def test_qlora_run_quantizes_the_decoder(ray_cluster, tiny_model_dir, tmp_path):
     import bitsandbytes as bnb
 
@@ -162,6 +163,7 @@ def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, ti
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # DeepSpeed's start-up on CPU makes each stage ~1.5 minutes: `make test-slow`
 @pytest.mark.parametrize("stage,mode", [(2, "full"), (3, "lora")])
 def test_deepspeed_zero_trains_checkpoints_and_resumes(ray_cluster, tiny_model_dir, tmp_path, stage, mode):
     args = [f"run_name=zero{stage}", "strategy=deepspeed", f"zero_stage={stage}", f"mode={mode}", "eval_every=2",
@@ -182,6 +184,7 @@ def test_deepspeed_zero_trains_checkpoints_and_resumes(ray_cluster, tiny_model_d
         assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow  # a third full run with a restart; resume itself is covered by the SIGTERM test above
 def test_a_killed_worker_is_replaced_and_the_run_finishes_from_its_checkpoint(ray_cluster, tiny_model_dir, tmp_path):
     import psutil
 
