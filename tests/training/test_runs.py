@@ -129,8 +129,11 @@ def test_qlora_run_quantizes_the_decoder(ray_cluster, tiny_model_dir, tmp_path):
 
 
 def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
+    # Enough steps after the signal (sent at step 2) that the stop lands mid-run: a tiny-model step
+    # takes ~0.05 s on a quiet machine, less than the signal's trip to the workers.
+    steps = 16
     common = [f"storage_path={tmp_path}", f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1",
-              "max_steps=6", "eval_every=6", "lora_dropout=0.1"]
+              f"max_steps={steps}", f"eval_every={steps}", "lora_dropout=0.1"]
     train.main(["--config", SMOKE, "run_name=straight", *common])
 
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, "run_name=stopped", *common]
@@ -145,7 +148,7 @@ def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, ti
     assert process.returncode == 0, output[-3000:]
     assert '"status": "stopped"' in output
     stopped_at = summary_of(output)["metrics"]["step"]
-    assert 2 <= stopped_at < 6
+    assert 2 <= stopped_at < steps
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -153,11 +156,11 @@ def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, ti
 
     straight, _ = metrics(tmp_path, "straight")
     interrupted, _ = metrics(tmp_path, "stopped")
-    assert sorted(interrupted) == list(range(1, 7)), "no step was lost or repeated"
-    for step in range(1, 7):
+    assert sorted(interrupted) == list(range(1, steps + 1)), "no step was lost or repeated"
+    for step in range(1, steps + 1):
         assert interrupted[step]["loss"] == pytest.approx(straight[step]["loss"], abs=1e-6), step
-    a = load_file(tmp_path / "straight" / "step-000006" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "stopped" / "step-000006" / "adapter" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "straight" / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "stopped" / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
