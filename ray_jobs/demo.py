@@ -131,7 +131,7 @@ def start_cluster(config: DemoConfig, out: Path, env: dict[str, str]) -> subproc
     return head
 
 
-def stop_cluster(head: subprocess.Popen) -> None:
+def stop_cluster(head: subprocess.Popen, port: int) -> None:
     """Kill the head and every process it started (raylet, GCS, workers, Serve): only this demo's cluster."""
     processes = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
     for process in processes:
@@ -140,6 +140,11 @@ def stop_cluster(head: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(processes, timeout=30)
+    # `ray stop` would also remove Ray's pointer to the latest local cluster; without this, a later
+    # plain `ray.init()` would try to join the dead one.
+    pointer = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    if pointer.exists() and pointer.read_text().strip().endswith(f":{port}"):
+        pointer.unlink()
 
 
 def wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 180,
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = run_steps(config, out, env, model_dir, sample, head, api_token_file)
     except BaseException:
         if config.stop:
-            stop_cluster(head)
+            stop_cluster(head, config.ray_port)
         raise
     summary["seconds"] = round(time.monotonic() - started, 1)
     summary["dashboard"] = dashboard
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {'summarizer':<12} {summary['summarizer']}/docs  (POST /v1/summarize)")
     print(f"  {'job API':<12} {summary['summarizer']}/api/docs  (Bearer token in {api_token_file})")
     if config.stop:
-        stop_cluster(head)
+        stop_cluster(head, config.ray_port)
         print("The demo's Ray cluster is stopped.")
     else:
         print("Ray, the summarizer and the job API keep running. Stop them with: ray stop")
@@ -256,7 +261,10 @@ def run_steps(config: DemoConfig, out: Path, env: dict, model_dir: Path, sample:
     wait_for(f"{base}/api/healthz", head, log, timeout_s=300)
 
     step(7, "Call it: one summary; one job created and listed through the job API")
-    answer = requests.post(f"{base}/v1/summarize", json={"text": sample["text"], "max_new_tokens": 24}, timeout=120)
+    # A few LoRA steps barely move a random tiny model, which then ends its summaries at once;
+    # min_new_tokens makes it write, so the demo shows the words the pages turned into.
+    request = {"text": sample["text"], "min_new_tokens": 8, "max_new_tokens": 24}
+    answer = requests.post(f"{base}/v1/summarize", json=request, timeout=120)
     answer.raise_for_status()
     body = answer.json()
     print(f"POST {base}/v1/summarize -> {answer.status_code}")

@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     benchmark = BENCHMARKS.get(args.benchmark) if args.benchmark else None
     dataset, split = (benchmark.dataset, benchmark.split) if benchmark else (args.dataset, args.split)
     try:
-        options = GenerationOptions(args.max_new_tokens, args.num_beams, args.no_repeat_ngram_size,
-                                    args.repetition_penalty)
+        options = GenerationOptions(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                    no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                    repetition_penalty=args.repetition_penalty)
         get_layout(args.layout)
         records = load_records(dataset, split, args.limit)
     except (ValueError, RuntimeError) as err:

@@ -379,6 +379,10 @@ class SummarizerIngress:
         if max_new_tokens > config.max_new_tokens_limit:
             raise ServingError(422, "invalid_request", f"max_new_tokens={max_new_tokens} is above this server's "
                                f"limit of {config.max_new_tokens_limit}.")
+        min_new_tokens = options.min_new_tokens or 0
+        if min_new_tokens > max_new_tokens:
+            raise ServingError(422, "invalid_request", f"min_new_tokens={min_new_tokens} is above "
+                               f"max_new_tokens={max_new_tokens}; lower it or raise max_new_tokens.")
         num_beams = options.num_beams or 1
         if num_beams > config.max_num_beams:
             raise ServingError(422, "invalid_request",
@@ -391,7 +395,8 @@ class SummarizerIngress:
         if adapter is not None and adapter not in config.adapters:
             raise ServingError(404, "adapter_not_found", f"No adapter named {adapter!r}; GET /v1/models lists "
                                f"the servable ones: {sorted(config.adapters)}.")
-        return SummaryJob(pages=[], max_new_tokens=max_new_tokens, num_beams=num_beams, adapter=adapter)
+        return SummaryJob(pages=[], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
+                          adapter=adapter)
 
     async def _generate(self, job: SummaryJob, started: float) -> SummaryResult:
         handle = self.model.options(multiplexed_model_id=job.adapter or "")

@@ -29,6 +29,7 @@ def test_demo_trains_serves_and_answers_over_http(tmp_path):
 
     assert summary["summary"].strip(), "the summarizer answered with a real, non-empty summary"
     assert summary["usage"]["pages"] >= 1 and summary["usage"]["visual_tokens"] >= 145
+    assert summary["usage"]["summary_tokens"] >= 8, "min_new_tokens reached the model"
     assert [job["type"] for job in summary["jobs"]] == ["prepare_dataset"], "the job created over HTTP is listed"
     assert (Path(summary["dataset"]) / "manifest.json").exists()
     assert (Path(summary["checkpoint"]) / "meta.json").exists()

@@ -30,10 +30,15 @@ class GenerationOptions:
     """Ban any repeated n-gram of this size; 0 turns the guard off."""
     repetition_penalty: float = 1.1
     """Above 1 discourages tokens already generated; 1 turns it off."""
+    min_new_tokens: int = 0
+    """Tokens to write before the end-of-sequence token may end the summary; 0 lets the model stop at once."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096:
             raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                             f"got {self.min_new_tokens}.")
         if not 1 <= self.num_beams <= 16:
             raise ValueError(f"num_beams must be in [1, 16], got {self.num_beams}.")
         if self.no_repeat_ngram_size < 0:
@@ -44,6 +49,7 @@ class GenerationOptions:
     def generate_kwargs(self) -> dict[str, Any]:
         return {
             "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
             "num_beams": self.num_beams,
             "do_sample": False,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,

@@ -30,6 +30,7 @@ class SummaryJob:
 
     pages: list[Image.Image]
     max_new_tokens: int
+    min_new_tokens: int
     num_beams: int
     adapter: str | None
     received: float = field(default=0.0)
@@ -54,13 +55,13 @@ def summarize_jobs(
     model: Any, processor: Any, family: Any, jobs: Sequence[SummaryJob], config: ServeConfig
 ) -> tuple[list[SummaryResult], list[float]]:
     """Summaries for `jobs` in order, and the seconds of each `generate` call (one per set of options)."""
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for index, job in enumerate(jobs):
-        groups.setdefault((job.max_new_tokens, job.num_beams), []).append(index)
+        groups.setdefault((job.max_new_tokens, job.min_new_tokens, job.num_beams), []).append(index)
     results: list[SummaryResult | None] = [None] * len(jobs)
     generate_seconds = []
-    for (max_new_tokens, num_beams), indices in groups.items():
-        options = GenerationOptions(max_new_tokens=max_new_tokens, num_beams=num_beams,
+    for (max_new_tokens, min_new_tokens, num_beams), indices in groups.items():
+        options = GenerationOptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
                                     no_repeat_ngram_size=config.no_repeat_ngram_size,
                                     repetition_penalty=config.repetition_penalty)
         started = time.monotonic()

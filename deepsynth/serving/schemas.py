@@ -50,6 +50,8 @@ class ErrorResponse(BaseModel):
 # Each option is declared once and used by both request shapes, so the JSON and the form fields
 # validate and document alike.
 MaxNewTokens = Annotated[int | None, Field(ge=1, description="Summary length cap in tokens (server default if unset).")]
+MinNewTokens = Annotated[int | None, Field(ge=0, description="Tokens to write before the summary may end "
+                                           "(0 or unset: the model may stop at once).")]
 NumBeams = Annotated[int | None, Field(ge=1, description="1 is greedy decoding; more is beam search.")]
 AdapterName = Annotated[str | None, Field(min_length=1, description="Name of a LoRA adapter from GET /v1/models.")]
 
@@ -60,6 +62,7 @@ class SummarizeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: MaxNewTokens = None
+    min_new_tokens: MinNewTokens = None
     num_beams: NumBeams = None
     adapter: AdapterName = None
 
@@ -71,6 +74,7 @@ class SummarizeTextRequest(BaseModel):
 
     text: str = Field(description="The document's text; it is rendered to page images on the server.")
     max_new_tokens: MaxNewTokens = None
+    min_new_tokens: MinNewTokens = None
     num_beams: NumBeams = None
     adapter: AdapterName = None
 

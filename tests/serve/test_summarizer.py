@@ -156,7 +156,7 @@ def test_adapter_set_serves_a_lora_checkpoint_and_switches_adapters(adapters):
     pages = [render_pages(TEXT, LAYOUTS["ocr2-page"])]
 
     def summarize(model):
-        jobs = [SummaryJob(pages=pages[0], max_new_tokens=8, num_beams=1, adapter=None)]
+        jobs = [SummaryJob(pages=pages[0], max_new_tokens=8, min_new_tokens=0, num_beams=1, adapter=None)]
         return summarize_jobs(model, loaded.processor, loaded.family, jobs, config)[0][0].summary
 
     adapter_set = AdapterSet(loaded.model, config.adapters)
@@ -241,6 +241,17 @@ def test_text_png_and_pdf_give_summaries_with_consistent_usage(url, family):
     assert pdf.json()["summary"].strip() and usage["pages"] == 3 and usage["source_text_tokens"] is None
     # Saved at 144 dpi and rendered by the server at 144 dpi, each page keeps its pixel size.
     assert usage["visual_tokens"] == sum(family.count_visual_tokens(*p.size) for p in pdf_pages)
+
+
+def test_min_new_tokens_keeps_the_model_writing_and_must_not_exceed_the_maximum(url):
+    text = generate_corpus("test", 1, seed=11)[0]["text"]
+    written = _summarize(url, json={"text": text, "min_new_tokens": 6, "max_new_tokens": 8})
+    assert written.status_code == 200, written.text
+    assert 6 <= written.json()["usage"]["summary_tokens"] <= 8
+    page = render_pages(text, LAYOUTS["ocr2-page"])[0]
+    refused = _summarize(url, files=[("file", ("page.png", _png(page), "image/png"))],
+                         data={"min_new_tokens": "9", "max_new_tokens": "8"})
+    assert refused.status_code == 422 and "min_new_tokens=9" in refused.json()["detail"]
 
 
 def test_concurrent_requests_share_generate_calls(url):
