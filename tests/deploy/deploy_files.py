@@ -1,12 +1,16 @@
-"""Readers for the deployment files (cluster YAMLs, Dockerfile), shared by the tests under tests/deploy/."""
+"""Deployment files (cluster YAMLs, Dockerfile) and cluster teardown, shared by the tests in tests/deploy/."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import signal
+import subprocess
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +74,24 @@ def docker_volumes(run_options: list[str]) -> list[tuple[str, str]]:
 
 def read_dockerfile() -> list[tuple[str, str]]:
     return dockerfile_instructions((ROOT / "deploy" / "Dockerfile").read_text())
+
+
+def kill_cluster(process: subprocess.Popen, marker: str) -> None:
+    """Stop the head's process group, then any process of this cluster that left it (found by its temp dir)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            break
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for _ in range(2):
+        leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+        for p in leftovers:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(leftovers, timeout=10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +19,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from conftest import free_port
-from deploy_files import load_yaml
+from deploy_files import kill_cluster, load_yaml
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID, FakeMultiNodeProvider
 
 pytestmark = pytest.mark.slow
@@ -139,23 +137,8 @@ def fake_cluster(tmp_path):
         _wait_for(lambda: "ray.head.default" in _node_counts(gcs_address), 60, "the head registering")
         yield {"cluster": cluster, "gcs_address": gcs_address, "env": env, "tmp": tmp_path}
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Fake worker nodes are started by the autoscaler; find what is left of them by the temp dir.
-        leftovers = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
-        for p in leftovers:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(leftovers, timeout=10)
+        # Fake worker nodes are started by the autoscaler; kill_cluster finds them by the temp dir.
+        kill_cluster(head, temp_dir)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -11,43 +11,20 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 import yaml
 from conftest import free_port
-from deploy_files import load_yaml
+from deploy_files import kill_cluster, load_yaml
 
 RAY = str(Path(sys.executable).parent / "ray")
 SERVE = str(Path(sys.executable).parent / "serve")
-
-
-def _kill_tree(process: subprocess.Popen, marker: str) -> None:
-    """Stop the head's process group, then any process of this cluster that left it (found by its temp dir)."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout=wait)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    for _ in range(2):
-        leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        for p in leftovers:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(leftovers, timeout=10)
 
 
 # About 70 s on 2 busy cores (a head of its own, then two applications' replicas): over the default suite's budget.
@@ -90,7 +67,7 @@ def deployed(tiny_model_dir, tmp_path_factory):
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         yield {"url": f"http://127.0.0.1:{http_port}", "dashboard": dashboard, "token": token, "head": head, "log": log}
     finally:
-        _kill_tree(head, temp_dir)
+        kill_cluster(head, temp_dir)
         head_log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
