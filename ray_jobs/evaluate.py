@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from statistics import mean
 
@@ -29,6 +29,7 @@ from deepsynth.data.datasets import load_records
 from deepsynth.data.pages import decode_pages, render_batch
 from deepsynth.data.render import get_layout, render_pages
 from deepsynth.evaluation.benchmarks import BENCHMARKS
+from deepsynth.evaluation.config import EvalConfig
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
 from deepsynth.training.checkpoint import load_source
@@ -36,24 +37,28 @@ from deepsynth.training.checkpoint import load_source
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # The flags' defaults are EvalConfig's, the class the job API validates evaluate jobs against.
+    defaults = {f.name: f.default for f in fields(EvalConfig)}
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")
     source.add_argument("--model", help="a base model: hub id or local folder")
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a preset: dataset, split, reference scores")
     parser.add_argument("--dataset", default="builtin", help="ignored with --benchmark")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="ignored with --benchmark")
-    parser.add_argument("--limit", type=int, default=20, help="documents to evaluate")
-    parser.add_argument("--layout", default="ocr2-page")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=4, help="0 turns the n-gram guard off")
-    parser.add_argument("--repetition-penalty", type=float, default=1.1, help="1.0 turns it off")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--limit", type=int, default=defaults["limit"], help="documents to evaluate")
+    parser.add_argument("--layout", default=defaults["layout"])
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"])
+    parser.add_argument("--num-beams", type=int, default=defaults["num_beams"])
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults["no_repeat_ngram_size"],
+                        help="0 turns the n-gram guard off")
+    parser.add_argument("--repetition-penalty", type=float, default=defaults["repetition_penalty"],
+                        help="1.0 turns it off")
+    parser.add_argument("--device", default=defaults["device"],
                         help="cpu, cuda or auto; with --ray-data, cuda (or auto on a cluster with GPUs) gives each "
                         "replica a GPU")
     parser.add_argument("--ray-data", action="store_true", help="stream documents through Ray Data model replicas")
-    parser.add_argument("--concurrency", type=int, default=1, help="model replicas with --ray-data")
+    parser.add_argument("--concurrency", type=int, default=defaults["concurrency"], help="model replicas with --ray-data")
     parser.add_argument("--out", help="report path (default: next to the checkpoint, or ./eval-*.json)")
     return parser.parse_args(argv)
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from deepsynth.data.datasets import PRESETS
 from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, read_manifest
 from deepsynth.evaluation.benchmarks import BENCHMARKS
+from deepsynth.evaluation.config import EvalConfig
 from deepsynth.jobs.secrets import contains_secret
 from deepsynth.training.config import config_from_dict
 from deepsynth.training.sweep import SweepConfig
@@ -97,40 +98,6 @@ class JobSpec:
     """Optimizer steps a train job will run (its progress denominator); None for other types."""
     num_gpus: float = 0
     """GPUs Ray reserves for the entrypoint (`entrypoint_num_gpus`); 0 lets it run anywhere, e.g. the head."""
-
-
-@dataclass
-class EvalConfig:
-    """The options of ray_jobs.evaluate a client may set (its CLI flags, as one dataclass)."""
-
-    checkpoint: str | None = None
-    """`<run>/step-XXXXXX`, a checkpoint of a run under the storage."""
-    model: str | None = None
-    """Evaluate a base model instead of a checkpoint."""
-    dataset: str | None = None
-    """Replaces the benchmark's dataset (builtin, a preset or prepared:<name>)."""
-    split: str | None = None
-    limit: int = 20
-    layout: str = "ocr2-page"
-    batch_size: int = 8
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 4
-    repetition_penalty: float = 1.1
-    device: str = "cpu"
-    ray_data: bool = False
-    concurrency: int = 1
-
-    def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.model is None):
-            raise ValueError("Set exactly one of checkpoint (<run>/step-XXXXXX) or model.")
-        for name in ("limit", "batch_size", "max_new_tokens", "num_beams", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.split is not None and self.split not in ("train", "validation", "test"):
-            raise ValueError(f"split must be train, validation or test, got {self.split!r}.")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}.")
 
 
 def list_presets(configs_dir: Path) -> list[dict]:
