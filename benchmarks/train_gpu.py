@@ -67,6 +67,7 @@ def main() -> None:
     from deepsynth.data.datasets import load_records
     from deepsynth.data.render import get_layout, render_pages
     from deepsynth.model.families import Ocr2Family
+    from deepsynth.model.inputs import to_model
     from deepsynth.model.tiny import build_tiny_model
     from deepsynth.training.modes import prepare_trainable
 
@@ -95,8 +96,7 @@ def main() -> None:
         model.train()
         for batch_size in args.batch_sizes:
             batch = SummaryCollator(family)(examples[:batch_size])
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
-            inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+            inputs = to_model(batch.inputs, device, torch.bfloat16)
             tokens = int(inputs["attention_mask"].sum())
             torch.cuda.reset_peak_memory_stats()
             times = []

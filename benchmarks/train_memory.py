@@ -45,6 +45,7 @@ def measure(mode: str, model_dir: str, steps: int, batch_size: int) -> dict:
     from deepsynth.data.collate import SummaryCollator
     from deepsynth.data.datasets import load_records
     from deepsynth.data.render import get_layout, render_pages
+    from deepsynth.model.inputs import placement, to_model
     from deepsynth.training.modes import load_for_training, prepare_trainable
     from deepsynth.training.telemetry import peak_memory_mb
 
@@ -59,7 +60,7 @@ def measure(mode: str, model_dir: str, steps: int, batch_size: int) -> dict:
     records = load_records("builtin", "train", batch_size)
     batch = SummaryCollator(family)([{"pages": render_pages(r["text"], get_layout("ocr2-page")), "summary": r["summary"]}
                                      for r in records])
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
+    inputs = to_model(batch.inputs, device, placement(model)[1])
     model.train()
     for _ in range(steps):
         model(**inputs).loss.backward()

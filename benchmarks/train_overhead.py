@@ -31,6 +31,7 @@ from benchmarks.common import build_medium_model, report
 from deepsynth.data.collate import SummaryCollator
 from deepsynth.data.datasets import load_records
 from deepsynth.data.render import get_layout, render_pages
+from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.loop import train_loop_per_worker
 from deepsynth.training.modes import load_for_training, prepare_trainable
@@ -50,7 +51,7 @@ def bare_step_times(model_dir: str, config: TrainConfig, steps: int) -> list[flo
     times = []
     for step in range(WARMUP + steps):
         start = time.perf_counter()
-        loss = model(**batches[step % len(batches)].inputs).loss
+        loss = model(**to_model(batches[step % len(batches)].inputs, *placement(model))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()

@@ -23,7 +23,8 @@ from deepsynth import __version__
 def _init_tiny(args: argparse.Namespace) -> int:
     from deepsynth.model.tiny import build_tiny_model
 
-    out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, sam_patch_size=args.sam_patch_size)
+    out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, sam_patch_size=args.sam_patch_size,
+                           dtype=args.dtype)
     print(f"Wrote a tiny random-initialised DeepSeek-OCR-2 to {out}")
     return 0
 
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument(
         "--sam-patch-size", type=int, default=32, choices=[32, 16],
         help="32: fast, 768 px global view (145 visual tokens a page); 16: the real checkpoint's sizes",
+    )
+    tiny.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+        help="dtype the weights are stored in; bfloat16, like the published checkpoint (dtype=auto then loads bf16)",
     )
     tiny.set_defaults(handler=_init_tiny)
 

@@ -41,7 +41,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, merge: boo
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((checkpoint / "train_config.yaml").read_text())
 
-    model, processor, _ = load_checkpoint(checkpoint)
+    model, processor, _, _ = load_checkpoint(checkpoint)
     if meta["mode"] == "full" or merge:
         if meta["mode"] != "full":
             model = model.merge_and_unload()

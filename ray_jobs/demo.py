@@ -8,11 +8,17 @@ runs each step the way a user would, as a Ray driver against that cluster:
 
  1. build the tiny offline DeepSeek-OCR-2 (once) and take the built-in corpus;
  2. `ray_jobs.prepare_dataset`: render documents to Parquet page shards with Ray Data;
- 3. `ray_jobs.train`: LoRA fine-tune on Ray Train from the prepared pages;
- 4. `ray_jobs.evaluate`: ROUGE of the checkpoint on held-out documents;
- 5. `deepsynth export`: a PEFT adapter folder with a model card;
- 6. `serve deploy`: the summarizer (serving the checkpoint) at / and the job API at /api;
- 7. one summarization request and one job listing over HTTP.
+ 3. `ray_jobs.evaluate`: ROUGE of the untrained model on held-out documents (near zero);
+ 4. `ray_jobs.train`: fine-tune the decoder on Ray Train from the prepared pages
+    (`ray_jobs/configs/demo_cpu.yaml`: in full, since the tiny decoder is too small for LoRA to
+    learn the task in a few minutes);
+ 5. `ray_jobs.evaluate`: ROUGE of the checkpoint on the same documents;
+ 6. `deepsynth export`: a model folder with a model card;
+ 7. `serve deploy`: the summarizer (serving the checkpoint) at / and the job API at /api;
+ 8. one summarization request and one job listing over HTTP.
+
+The model learns to read the bulletins' pages: held-out ROUGE-L goes from about 0 to above 0.8,
+and the summary of the sample document is its headline.
 
 Everything lands under `--out-dir` (default .deepsynth/); the last lines say where, and how to stop.
 This process never imports Ray: it talks to the cluster through the CLI and HTTP only, like a user.
@@ -45,10 +51,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 class DemoConfig:
     out_dir: str = ".deepsynth"
     """Where the model, dataset, run, export and cluster state go."""
-    num_documents: int = 32
-    """Built-in documents to prepare per split (train and validation); validation uses a quarter of them."""
-    max_steps: int = 6
-    """LoRA training steps."""
+    num_documents: int = 256
+    """Built-in documents to prepare per split (train and validation)."""
+    max_steps: int = 500
+    """Training steps (batch 8, the decoder in full)."""
+    eval_documents: int = 32
+    """Held-out built-in test documents scored before and after training."""
     ray_port: int = 6379
     """GCS port of the demo's Ray head."""
     dashboard_port: int = 8265
@@ -64,6 +72,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not 8 <= self.num_documents <= 1000:
             raise ValueError(f"--num-documents must be in [8, 1000], got {self.num_documents}.")
+        if not 1 <= self.eval_documents <= 256:
+            raise ValueError(f"--eval-documents must be in [1, 256], got {self.eval_documents}.")
         if not 1 <= self.max_steps <= 1000:
             raise ValueError(f"--max-steps must be in [1, 1000], got {self.max_steps}.")
 
@@ -74,6 +84,7 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
     parser.add_argument("--out-dir", default=defaults.out_dir)
     parser.add_argument("--num-documents", type=int, default=defaults.num_documents)
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    parser.add_argument("--eval-documents", type=int, default=defaults.eval_documents)
     parser.add_argument("--ray-port", type=int, default=defaults.ray_port)
     parser.add_argument("--dashboard-port", type=int, default=defaults.dashboard_port)
     parser.add_argument("--serve-port", type=int, default=defaults.serve_port)
@@ -87,7 +98,7 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
 
 
 def step(number: int, title: str) -> None:
-    print(f"\n=== [{number}/7] {title}", flush=True)
+    print(f"\n=== [{number}/8] {title}", flush=True)
 
 
 def run(command: list[str], env: dict[str, str]) -> str:
@@ -235,24 +246,30 @@ def run_steps(config: DemoConfig, out: Path, env: dict, model_dir: Path, sample:
         run([python, "-m", "ray_jobs.prepare_dataset", "--name", dataset.name, "--output", str(out),
              "--limit", str(config.num_documents), "--model", str(model_dir)], env)
 
-    step(3, "Train: LoRA on Ray Train, 2 workers, from the prepared pages")
+    evaluate = [python, "-m", "ray_jobs.evaluate", "--limit", str(config.eval_documents), "--max-new-tokens", "8"]
+    step(3, "Evaluate the untrained model: ROUGE on held-out built-in documents")
+    untrained = json.loads(run([*evaluate, "--model", str(model_dir),
+                                "--out", str(out / "demo" / "eval-untrained.json")], env))
+
+    step(4, "Train: the decoder in full on Ray Train, from the prepared pages (ray_jobs/configs/demo_cpu.yaml)")
     run_name = time.strftime("demo-%Y%m%d-%H%M%S")  # a fresh run each time; re-running the same name would resume it
-    smoke = PROJECT_DIR / "ray_jobs" / "configs" / "cpu_smoke.yaml"
-    trained = json.loads(run([python, "-m", "ray_jobs.train", "--config", str(smoke), f"model={model_dir}",
-                              "build_tiny_model=false", f"storage_path={out / 'runs'}",
-                              f"run_name={run_name}", f"dataset=prepared:{dataset}", f"max_steps={config.max_steps}",
-                              f"eval_every={config.max_steps}", f"val_limit={max(config.num_documents // 4, 2)}"], env))
+    recipe = PROJECT_DIR / "ray_jobs" / "configs" / "demo_cpu.yaml"
+    trained = json.loads(run([python, "-m", "ray_jobs.train", "--config", str(recipe), f"model={model_dir}",
+                              "build_tiny_model=false", f"storage_path={out / 'runs'}", f"run_name={run_name}",
+                              f"dataset=prepared:{dataset}", f"max_steps={config.max_steps}",
+                              f"eval_every={config.max_steps}"], env))
     checkpoint = trained["best_checkpoint"] or trained["latest_checkpoint"]
 
-    step(4, "Evaluate: ROUGE on held-out built-in documents")
-    report = json.loads(run([python, "-m", "ray_jobs.evaluate", "--checkpoint", checkpoint, "--limit", "8",
-                             "--max-new-tokens", "24"], env))
+    step(5, "Evaluate the trained model on the same documents")
+    report = json.loads(run([*evaluate, "--checkpoint", checkpoint], env))
+    print(f"ROUGE-L on {report['documents']} held-out documents: {untrained['rouge']['rougeL']:.3f} untrained, "
+          f"{report['rouge']['rougeL']:.3f} after {config.max_steps} steps", flush=True)
 
-    step(5, "Export: a PEFT adapter folder with a model card")
+    step(6, "Export: a model folder with a model card")
     export_dir = out / "export" / run_name
     run([str(BIN / "deepsynth"), "export", checkpoint, "--out", str(export_dir)], env)
 
-    step(6, "Serve: the summarizer at / and the job API at /api, from serve/config.yaml")
+    step(7, "Serve: the summarizer at / and the job API at /api, from serve/config.yaml")
     deploy = serve_config(config, checkpoint, out, api_token_file)
     run([str(BIN / "serve"), "deploy", str(deploy), "--address", f"http://127.0.0.1:{config.dashboard_port}"], env)
     base = f"http://127.0.0.1:{config.serve_port}"
@@ -260,16 +277,14 @@ def run_steps(config: DemoConfig, out: Path, env: dict, model_dir: Path, sample:
     wait_for(f"{base}/readyz", head, log, timeout_s=300)
     wait_for(f"{base}/api/healthz", head, log, timeout_s=300)
 
-    step(7, "Call it: one summary; one job created and listed through the job API")
-    # A few LoRA steps barely move a random tiny model, which then ends its summaries at once;
-    # min_new_tokens makes it write, so the demo shows the words the pages turned into.
-    request = {"text": sample["text"], "min_new_tokens": 8, "max_new_tokens": 24}
-    answer = requests.post(f"{base}/v1/summarize", json=request, timeout=120)
+    step(8, "Call it: one summary; one job created and listed through the job API")
+    answer = requests.post(f"{base}/v1/summarize", json={"text": sample["text"], "max_new_tokens": 8}, timeout=120)
     answer.raise_for_status()
     body = answer.json()
     print(f"POST {base}/v1/summarize -> {answer.status_code}")
     print(f"  summary:   {body['summary']!r}")
-    print(f"  reference: {sample['summary']!r}")
+    print(f"  reference: {sample['summary']!r}" + ("  (the right headline)" if body["summary"] == sample["summary"]
+                                                   else "  (not the headline)"))
     print(f"  usage:     {json.dumps(body['usage'])}")
     auth = {"Authorization": f"Bearer {api_token_file.read_text().strip()}"}
     job = {"type": "prepare_dataset", "preset": "builtin", "overrides": {"limit": 8, "model": str(model_dir)}}
@@ -283,8 +298,9 @@ def run_steps(config: DemoConfig, out: Path, env: dict, model_dir: Path, sample:
     for job in listing:
         print(f"  {job['id']}  {job['type']:<8} {job['status']}")
     return {"model": str(model_dir), "dataset": str(dataset), "checkpoint": checkpoint, "eval_report": report["path"],
-            "rouge": report["rouge"], "export": str(export_dir), "summarizer": base, "summary": body["summary"],
-            "usage": body["usage"], "jobs": listing}
+            "rouge_untrained": untrained["rouge"], "rouge": report["rouge"], "export": str(export_dir),
+            "summarizer": base, "summary": body["summary"], "reference": sample["summary"], "usage": body["usage"],
+            "jobs": listing}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
     ray job submit --working-dir . -- python -m ray_jobs.evaluate --checkpoint s3://.../step-000500 --benchmark xsum --ray-data
 
 Documents are rendered to pages, summarized with batched `generate` (greedy or beam search,
-with the repetition guard unless turned off) and scored with `rouge-score`. With `--ray-data`
+with the repetition guard unless turned off) and scored with `rouge-score`. The layout, page
+limit, prompt and generation settings are the checkpoint's template (what it was trained with)
+unless a flag sets them; documents over the page limit are truncated (`--long-documents`), and
+the report says how many, and which template it used. With `--ray-data`
 the documents stream through Ray Data: rendering tasks, then `--concurrency` model replicas
 (one GPU each with `--device cuda`, or `auto` on a cluster with GPUs). A benchmark preset names
 the dataset and split and adds the published reference scores to the report. The JSON report goes next to the
@@ -26,13 +29,15 @@ import numpy as np
 
 from deepsynth.data.compression import compression_stats
 from deepsynth.data.datasets import load_records
+from deepsynth.data.long_documents import LONG_DOCUMENT_POLICIES, apply_long_document_policy
 from deepsynth.data.pages import decode_pages, render_batch
-from deepsynth.data.render import get_layout, render_pages
+from deepsynth.data.render import count_pages, get_layout, render_pages
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
-from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
+from deepsynth.evaluation.generation import generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
-from deepsynth.training.checkpoint import load_source
+from deepsynth.template import Template
+from deepsynth.training.checkpoint import load_source, read_template
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,14 +51,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="builtin", help="ignored with --benchmark")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="ignored with --benchmark")
     parser.add_argument("--limit", type=int, default=defaults["limit"], help="documents to evaluate")
-    parser.add_argument("--layout", default=defaults["layout"])
+    template = "default: the checkpoint's template"
+    parser.add_argument("--layout", default=defaults["layout"], help=template)
+    parser.add_argument("--max-pages", type=int, default=defaults["max_pages"], help=template)
+    parser.add_argument("--long-documents", default=defaults["long_documents"], choices=LONG_DOCUMENT_POLICIES,
+                        help="what happens to documents over max pages")
+    parser.add_argument("--prompt", default=defaults["prompt"], help=template)
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"])
-    parser.add_argument("--num-beams", type=int, default=defaults["num_beams"])
+    parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"], help=template)
+    parser.add_argument("--num-beams", type=int, default=defaults["num_beams"], help=template)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults["no_repeat_ngram_size"],
-                        help="0 turns the n-gram guard off")
+                        help=f"0 turns the n-gram guard off; {template}")
     parser.add_argument("--repetition-penalty", type=float, default=defaults["repetition_penalty"],
-                        help="1.0 turns it off")
+                        help=f"1.0 turns it off; {template}")
     parser.add_argument("--device", default=defaults["device"],
                         help="cpu, cuda or auto; with --ray-data, cuda (or auto on a cluster with GPUs) gives each "
                         "replica a GPU")
@@ -66,24 +76,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Summarizer:
     """A Ray Data model replica: rendered rows in, rows with `prediction` and token counts out."""
 
-    def __init__(self, checkpoint: str | None, model: str | None, options: GenerationOptions, device: str):
-        self.model, self.processor, self.family = load_source(checkpoint, model, device=device)
-        self.options = options
+    def __init__(self, checkpoint: str | None, model: str | None, template: Template, device: str):
+        self.model, self.processor, self.family, _ = load_source(checkpoint, model, device=device)
+        self.template = template
 
     def __call__(self, batch: dict) -> dict:
         documents = [decode_pages(pages) for pages in batch["pages"]]
         texts = [str(text) for text in batch["text"]]
-        results = summarize(self.model, self.processor, self.family, texts, documents, self.options, len(documents))
+        results = summarize(self.model, self.processor, self.family, texts, documents, self.template, len(documents))
         for key in results[0]:
             batch[key] = np.array([result[key] for result in results], dtype=object)
         del batch["pages"]
         return batch
 
 
-def summarize(model, processor, family, texts: list[str], documents: list[list], options: GenerationOptions,
+def summarize(model, processor, family, texts: list[str], documents: list[list], template: Template,
               batch_size: int) -> list[dict]:
     """Each document's prediction and its text and visual token counts."""
-    predictions = generate_summaries(model, processor, documents, options=options, batch_size=batch_size)
+    predictions = generate_summaries(model, processor, documents, options=template.generation, prompt=template.prompt,
+                                     batch_size=batch_size)
     results = []
     for text, pages, prediction in zip(texts, documents, predictions):
         stats = compression_stats(text, pages, family)
@@ -91,15 +102,16 @@ def summarize(model, processor, family, texts: list[str], documents: list[list],
     return results
 
 
-def summarize_in_process(args, records: list[dict], options: GenerationOptions) -> list[dict]:
-    model, processor, family = load_source(args.checkpoint, args.model, device=args.device)
+def summarize_in_process(args, records: list[dict], template: Template) -> list[dict]:
+    model, processor, family, _ = load_source(args.checkpoint, args.model, device=args.device)
     texts = [record["text"] for record in records]
-    documents = [render_pages(text, get_layout(args.layout)) for text in texts]
-    results = summarize(model, processor, family, texts, documents, options, args.batch_size)
+    layout = get_layout(template.layout)
+    documents = [render_pages(text, layout, template.max_pages, truncate=True) for text in texts]
+    results = summarize(model, processor, family, texts, documents, template, args.batch_size)
     return [{**record, **result} for record, result in zip(records, results)]
 
 
-def summarize_with_ray_data(args, records: list[dict], options: GenerationOptions) -> list[dict]:
+def summarize_with_ray_data(args, records: list[dict], template: Template) -> list[dict]:
     import ray
 
     ray.init(ignore_reinit_error=True)
@@ -109,9 +121,10 @@ def summarize_with_ray_data(args, records: list[dict], options: GenerationOption
     device = "cuda" if use_gpu else "cpu"  # a replica sees only the GPU it reserved, as cuda:0
     rows = (
         ray.data.from_items(records)
-        .map_batches(render_batch, fn_kwargs={"layout": args.layout}, batch_size=args.batch_size)
+        .map_batches(render_batch, fn_kwargs={"layout": template.layout, "max_pages": template.max_pages,
+                                              "truncate": True}, batch_size=args.batch_size)
         .map_batches(Summarizer, fn_constructor_kwargs={"checkpoint": args.checkpoint, "model": args.model,
-                                                        "options": options, "device": device},
+                                                        "template": template, "device": device},
                      batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=1 if use_gpu else 0)
         .take_all()
     )
@@ -124,14 +137,22 @@ def main(argv: list[str] | None = None) -> dict:
     benchmark = BENCHMARKS.get(args.benchmark) if args.benchmark else None
     dataset, split = (benchmark.dataset, benchmark.split) if benchmark else (args.dataset, args.split)
     try:
-        options = GenerationOptions(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                                    no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                    repetition_penalty=args.repetition_penalty)
-        get_layout(args.layout)
+        trained = read_template(args.checkpoint) if args.checkpoint else Template()
+        template = trained.with_overrides(
+            layout=args.layout, max_pages=args.max_pages, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size,
+            repetition_penalty=args.repetition_penalty)
         records = load_records(dataset, split, args.limit)
-    except (ValueError, RuntimeError) as err:
+        layout = get_layout(template.layout)
+        records, long_documents = apply_long_document_policy(
+            records, [count_pages(record["text"], layout) for record in records],
+            max_pages=template.max_pages, policy=args.long_documents)
+        if not records:
+            raise ValueError(f"every document is longer than max_pages={template.max_pages} and "
+                             f"--long-documents={args.long_documents} left none; use --long-documents truncate.")
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
         sys.exit(f"evaluate: error: {err}")
-    rows = (summarize_with_ray_data if args.ray_data else summarize_in_process)(args, records, options)
+    rows = (summarize_with_ray_data if args.ray_data else summarize_in_process)(args, records, template)
 
     predictions = [str(row["prediction"]) for row in rows]
     references = [row["summary"] for row in rows]
@@ -140,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": dataset,
         "split": split,
         "documents": len(rows),
-        "generation": asdict(options),
+        "template": {"layout": template.layout, "max_pages": template.max_pages, "prompt": template.prompt},
+        "long_documents": long_documents.to_dict(),
+        "generation": asdict(template.generation),
         "rouge": rouge_scores(predictions, references),
         "prediction_words": mean_words(predictions),
         "reference_words": mean_words(references),
@@ -164,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{kind:<28} {value:>8.4f}{published}")
     for key in ("prediction_words", "reference_words", "compression_ratio", "repetition_rate"):
         print(f"{key:<28} {report[key]:.4f}")
+    print(f"{'template':<28} layout {template.layout}, max_pages {template.max_pages}, prompt {template.prompt!r}")
+    print(f"{'long documents':<28} {long_documents.skipped} skipped, {long_documents.truncated} truncated "
+          f"(--long-documents {args.long_documents})")
     print(f"Report: {out}")
     result = {**report, "path": str(out)}
     print(json.dumps(result))

@@ -5,8 +5,9 @@
         --model deepseek-community/DeepSeek-OCR-2 --output s3://bucket/deepsynth
     ray job submit --working-dir . -- python -m ray_jobs.prepare_dataset --name builtin-full
 
-Documents are read with `load_records` (builtin, a preset or a local file), rendered to PNG pages
-by Ray Data tasks (`render_batch`), measured (text tokens with the model's tokenizer, visual
+Documents are read with `load_records` (builtin, a preset or a local file), counted in pages
+(documents over `--max-pages` are skipped, truncated or an error, `--long-documents`, and counted
+in the manifest), rendered to PNG pages by Ray Data tasks (`render_batch`), measured (text tokens with the model's tokenizer, visual
 tokens from its processor) and written to `<output>/datasets/<name>/<split>/*.parquet`, with
 `manifest.json` beside them; Ray Data shows a progress bar. `<output>` is `--output`, else
 `$DEEPSYNTH_STORAGE`, else `.deepsynth`. Train on it with `dataset=prepared:<output>/datasets/<name>`.
@@ -27,7 +28,8 @@ import pyarrow.parquet as pq
 import ray
 
 from deepsynth.data.datasets import load_records
-from deepsynth.data.pages import render_batch
+from deepsynth.data.long_documents import LONG_DOCUMENT_POLICIES, apply_long_document_policy
+from deepsynth.data.pages import page_counts, render_batch
 from deepsynth.data.prepared import (
     PrepareConfig,
     add_compression_stats,
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str]:
     parser.add_argument("--summary-field")
     parser.add_argument("--layout", default=defaults["layout"])
     parser.add_argument("--max-pages", type=int, default=defaults["max_pages"])
+    parser.add_argument("--long-documents", default=defaults["long_documents"], choices=LONG_DOCUMENT_POLICIES,
+                        help="what happens to documents over --max-pages")
     parser.add_argument("--model", default=defaults["model"], help="model whose tokenizer and processor count tokens")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--rows-per-shard", type=int, default=defaults["rows_per_shard"])
@@ -61,7 +65,8 @@ def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str]:
         config = PrepareConfig(
             name=args.name, source=args.source, splits=[s.strip() for s in args.splits.split(",") if s.strip()],
             limit=args.limit, seed=args.seed, text_field=args.text_field, summary_field=args.summary_field,
-            layout=args.layout, max_pages=args.max_pages, model=args.model, trust_remote_code=args.trust_remote_code,
+            layout=args.layout, max_pages=args.max_pages, long_documents=args.long_documents, model=args.model,
+            trust_remote_code=args.trust_remote_code,
             rows_per_shard=args.rows_per_shard,
         )
     except ValueError as err:
@@ -75,6 +80,11 @@ def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
                            text_field=config.text_field, summary_field=config.summary_field)
     if not records:
         raise ValueError(f"{config.source!r} has no documents in split {split!r}.")
+    records, long_documents = apply_long_document_policy(records, page_counts(records, config.layout),
+                                                         max_pages=config.max_pages, policy=config.long_documents)
+    if not records:
+        raise ValueError(f"Every document of split {split!r} is longer than max_pages={config.max_pages}; raise "
+                         "--max-pages or use --long-documents truncate.")
     split_dir = join(folder, split)
     # The folder has no manifest (main checked), so anything in it is a failed run's leftovers, which
     # the manifest would otherwise list beside this run's shards.
@@ -84,7 +94,8 @@ def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     (
         ray.data.from_items(records)
-        .map_batches(render_batch, fn_kwargs={"layout": config.layout, "max_pages": config.max_pages}, batch_size=16)
+        .map_batches(render_batch, fn_kwargs={"layout": config.layout, "max_pages": config.max_pages,
+                                              "truncate": config.long_documents == "truncate"}, batch_size=16)
         .map_batches(add_compression_stats, fn_kwargs={"model": config.model,
                                                        "trust_remote_code": config.trust_remote_code}, batch_size=16)
         .write_parquet(split_dir, min_rows_per_file=config.rows_per_shard)
@@ -98,7 +109,7 @@ def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
         shards.append({"file": name, "documents": len(rows)})
         documents.extend({**row, "shard": name, "row": i} for i, row in enumerate(rows))
     return {"documents": len(documents), "shards": shards, "summary": summarize_stats(documents),
-            "per_document": documents}
+            "long_documents": long_documents.to_dict(), "per_document": documents}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,15 +124,22 @@ def main(argv: list[str] | None = None) -> dict:
     every = [doc for s in splits.values() for doc in s["per_document"]]
     manifest = {
         "name": config.name, "source": config.source, "layout": config.layout, "max_pages": config.max_pages,
+        "long_documents": {"policy": config.long_documents,
+                           "skipped": sum(s["long_documents"]["skipped"] for s in splits.values()),
+                           "truncated": sum(s["long_documents"]["truncated"] for s in splits.values())},
         "model": config.model, "seed": config.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "columns": ["id", "text", "summary", "pages", *STAT_COLUMNS[1:]],
         "splits": splits, "summary": summarize_stats(every),
     }
     # The manifest is written last: a folder without one is unfinished, and listings skip it.
     write_manifest(folder, manifest)
-    result = {"name": config.name, "path": folder, "documents": len(every), **manifest["summary"]}
+    result = {"name": config.name, "path": folder, "documents": len(every), **manifest["summary"],
+              "long_documents": manifest["long_documents"]}
     print(f"\nPrepared {len(every)} documents ({result['pages']} pages) at {folder}; "
           f"text/visual token ratio {result['ratio']:.2f}. Train on it with dataset=prepared:{folder}")
+    long = manifest["long_documents"]
+    if long["skipped"] or long["truncated"]:
+        print(f"Documents over {config.max_pages} pages: {long['skipped']} skipped, {long['truncated']} truncated.")
     print(json.dumps(result))
     return result
 

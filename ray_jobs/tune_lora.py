@@ -17,7 +17,7 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from deepsynth.data.datasets import load_records
 from deepsynth.data.render import get_layout, render_pages
-from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
+from deepsynth.evaluation.generation import generate_summaries
 from deepsynth.evaluation.metrics import rouge_scores
 from deepsynth.training.checkpoint import load_checkpoint
 from deepsynth.training.config import TrainConfig, config_from_dict, load_config
@@ -58,9 +58,11 @@ def run_trial(params: dict) -> None:
 
     records = load_records(config.dataset, "validation", params["rouge_documents"], seed=config.seed,
                            text_field=config.text_field, summary_field=config.summary_field)
-    model, processor, _ = load_checkpoint(best_path)
-    documents = [render_pages(r["text"], get_layout(config.layout)) for r in records]
-    predictions = generate_summaries(model, processor, documents, options=GenerationOptions(max_new_tokens=32))
+    model, processor, _, template = load_checkpoint(best_path)  # the base model's dtype: bf16 for the real one
+    documents = [render_pages(r["text"], get_layout(template.layout), template.max_pages, truncate=True)
+                 for r in records]
+    predictions = generate_summaries(model, processor, documents, prompt=template.prompt,
+                                     options=replace(template.generation, max_new_tokens=32))
     rouge_l = rouge_scores(predictions, [r["summary"] for r in records])["rougeL"]
     tune.report({**best_metrics, "best_val_loss": best_metrics["val_loss"], "rouge_l": rouge_l,
                  "checkpoint_path": best_path, "step": config.max_steps + 1})

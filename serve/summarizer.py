@@ -7,7 +7,9 @@
 anything loads and returns two deployments. `SummarizerIngress` is the FastAPI layer: it reads
 the body under the size limit, validates it against the pydantic schemas, renders text or PDFs
 to pages and counts their tokens in a worker thread (so a big PDF never stalls its event loop)
-and maps every refusal to a JSON `{error, detail}` body with its status. Readiness comes from
+and maps every refusal to a JSON `{error, detail}` body with its status. Text is rendered with each
+checkpoint's (or adapter's) training layout and prompt (its template), and a document whose
+visual tokens, prompt and summary cannot fit the decoder's context is refused before rendering. Readiness comes from
 Serve's controller, never through the model's request queue, so a busy server stays in its load
 balancer. `SummarizerModel` holds the model: concurrent
 requests meet in `@serve.batch` and share `generate` calls, LoRA adapters are loaded by name
@@ -19,6 +21,7 @@ import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from itertools import groupby
 from typing import Any
 
@@ -39,11 +42,18 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 import deepsynth
 from deepsynth.data.compression import compression_stats
 from deepsynth.model.families import ModelFamily
-from deepsynth.model.loading import load_processor
+from deepsynth.model.loading import context_length, load_processor
 from deepsynth.serving.adapters import AdapterSet, LoadedAdapter
 from deepsynth.serving.config import ServeConfig, load_serve_config
 from deepsynth.serving.engine import SummaryJob, SummaryResult, load_served_model, summarize_jobs
-from deepsynth.serving.inputs import check_content_length, file_pages, limited_stream, read_body, text_pages
+from deepsynth.serving.inputs import (
+    ContextBudget,
+    check_content_length,
+    file_pages,
+    limited_stream,
+    read_body,
+    text_pages,
+)
 from deepsynth.serving.schemas import (
     AdapterInfo,
     ErrorResponse,
@@ -60,6 +70,7 @@ from deepsynth.serving.schemas import (
     Usage,
     validation_detail,
 )
+from deepsynth.template import Template
 from deepsynth.training.checkpoint import read_meta
 
 ADAPTER_HEADER = "serve_multiplexed_model_id"
@@ -123,12 +134,14 @@ _SUMMARIZE_BODY = {
 }
 
 
-def models_response(config: ServeConfig, family: ModelFamily) -> ModelsResponse:
+def models_response(config: ServeConfig, family: ModelFamily, templates: dict[str | None, Template]) -> ModelsResponse:
     adapters = []
     for name, path in sorted(config.adapters.items()):
         meta = read_meta(path)
-        adapters.append(AdapterInfo(name=name, step=meta["step"], base_model=meta["base_model"], mode=meta["mode"]))
-    return ModelsResponse(model=config.model_id, family=family.name, adapters=adapters)
+        adapters.append(AdapterInfo(name=name, step=meta["step"], base_model=meta["base_model"], mode=meta["mode"],
+                                    layout=templates[name].layout, prompt=templates[name].prompt))
+    return ModelsResponse(model=config.model_id, family=family.name, layout=templates[None].layout,
+                          prompt=templates[None].prompt, adapters=adapters)
 
 
 def model_ready(status: Any, app: str, deployment: str, min_replicas: int) -> bool:
@@ -214,7 +227,7 @@ class SummarizerModel:
 
     def _generate(self, adapter: str | None, jobs: list[SummaryJob]) -> tuple[list[SummaryResult], list[float]]:
         with self.adapters.active(adapter) as model:
-            return summarize_jobs(model, self.processor, self.family, jobs, self.config)
+            return summarize_jobs(model, self.processor, self.family, jobs)
 
     async def stats(self) -> ReplicaStats:
         return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,
@@ -232,7 +245,11 @@ class SummarizerIngress:
         self.model = model
         # The model's processor without its weights: the usage counts are the replica's own.
         _, self.family = load_processor(self.config.base_model())
-        self.models = models_response(self.config, self.family)
+        self.budget = ContextBudget(self.family, context_length(self.config.base_model()))
+        # What each servable model was trained with: the layout text is rendered in, the prompt, the decoding.
+        self.templates = {None: self.config.template(), **{name: self.config.template(name)
+                                                            for name in self.config.adapters}}
+        self.models = models_response(self.config, self.family, self.templates)
         self.ready_at, self.ready = float("-inf"), False
         # Its own thread: in the default pool, the controller call would queue behind the rendering of a full server.
         self.status_thread = ThreadPoolExecutor(1, thread_name_prefix="readyz")
@@ -310,7 +327,7 @@ class SummarizerIngress:
             except ValidationError as err:
                 raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
             job = self._job(payload.options(), request)
-            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._text_input, payload.text)
+            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._text_input, payload.text, job)
         elif media_type == "multipart/form-data":
             files, fields = await self._read_form(request)
             try:
@@ -318,7 +335,7 @@ class SummarizerIngress:
             except ValidationError as err:
                 raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
             job = self._job(options, request)
-            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._file_input, files)
+            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._file_input, files, job)
         else:
             raise ServingError(415, "unsupported_media_type",
                                f"Content-Type {media_type or 'none'!r} is not accepted; send application/json "
@@ -342,15 +359,18 @@ class SummarizerIngress:
             ),
         )
 
-    def _text_input(self, text: str) -> tuple[list[Image.Image], int, int]:
+    def _text_input(self, text: str, job: SummaryJob) -> tuple[list[Image.Image], int, int]:
         """Pages, visual tokens and text tokens of `text`, counted as evaluation counts them."""
-        pages = text_pages(text, self.config)
+        pages = text_pages(text, self.templates[job.adapter].layout, self.config, self._budget_check(job))
         stats = compression_stats(text, pages, self.family)
         return pages, stats.visual_tokens, stats.text_tokens
 
-    def _file_input(self, files: list[bytes]) -> tuple[list[Image.Image], int, None]:
-        pages = file_pages(files, self.config)
+    def _file_input(self, files: list[bytes], job: SummaryJob) -> tuple[list[Image.Image], int, None]:
+        pages = file_pages(files, self.config, self._budget_check(job))
         return pages, sum(self.family.count_visual_tokens(*page.size) for page in pages), None
+
+    def _budget_check(self, job: SummaryJob):
+        return lambda sizes: self.budget.check(sizes, job.prompt, job.options.max_new_tokens)
 
     async def _read_form(self, request: Request) -> tuple[list[bytes], dict[str, str]]:
         check_content_length(request.headers, self.config.max_body_bytes)
@@ -375,18 +395,6 @@ class SummarizerIngress:
     def _job(self, options: SummarizeOptions, request: Request) -> SummaryJob:
         """Check the options against the server's limits and adapters, before any rendering."""
         config = self.config
-        max_new_tokens = options.max_new_tokens or config.default_max_new_tokens
-        if max_new_tokens > config.max_new_tokens_limit:
-            raise ServingError(422, "invalid_request", f"max_new_tokens={max_new_tokens} is above this server's "
-                               f"limit of {config.max_new_tokens_limit}.")
-        min_new_tokens = options.min_new_tokens or 0
-        if min_new_tokens > max_new_tokens:
-            raise ServingError(422, "invalid_request", f"min_new_tokens={min_new_tokens} is above "
-                               f"max_new_tokens={max_new_tokens}; lower it or raise max_new_tokens.")
-        num_beams = options.num_beams or 1
-        if num_beams > config.max_num_beams:
-            raise ServingError(422, "invalid_request",
-                               f"num_beams={num_beams} is above this server's limit of {config.max_num_beams}.")
         header = request.headers.get(ADAPTER_HEADER) or None
         if options.adapter and header and options.adapter != header:
             raise ServingError(422, "invalid_request", f"The adapter field ({options.adapter!r}) and the "
@@ -395,8 +403,22 @@ class SummarizerIngress:
         if adapter is not None and adapter not in config.adapters:
             raise ServingError(404, "adapter_not_found", f"No adapter named {adapter!r}; GET /v1/models lists "
                                f"the servable ones: {sorted(config.adapters)}.")
-        return SummaryJob(pages=[], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
-                          adapter=adapter)
+        template = self.templates[adapter]
+        max_new_tokens = options.max_new_tokens or template.generation.max_new_tokens
+        if max_new_tokens > config.max_new_tokens_limit:
+            raise ServingError(422, "invalid_request", f"max_new_tokens={max_new_tokens} is above this server's "
+                               f"limit of {config.max_new_tokens_limit}.")
+        min_new_tokens = options.min_new_tokens or template.generation.min_new_tokens
+        if min_new_tokens > max_new_tokens:
+            raise ServingError(422, "invalid_request", f"min_new_tokens={min_new_tokens} is above "
+                               f"max_new_tokens={max_new_tokens}; lower it or raise max_new_tokens.")
+        num_beams = options.num_beams or template.generation.num_beams
+        if num_beams > config.max_num_beams:
+            raise ServingError(422, "invalid_request",
+                               f"num_beams={num_beams} is above this server's limit of {config.max_num_beams}.")
+        generation = replace(template.generation, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             num_beams=num_beams)
+        return SummaryJob(pages=[], options=generation, prompt=template.prompt, adapter=adapter)
 
     async def _generate(self, job: SummaryJob, started: float) -> SummaryResult:
         handle = self.model.options(multiplexed_model_id=job.adapter or "")

@@ -80,6 +80,22 @@ def lora_checkpoint(tiny, tiny_model_dir, tmp_path):
     return path
 
 
+@pytest.fixture(scope="session")
+def a4_checkpoint(ray_cluster, tiny_model_dir, tmp_path_factory):
+    """A checkpoint trained on A4 pages with a custom prompt: evaluation and serving must reuse both unasked."""
+    from pathlib import Path
+
+    from ray_jobs import train
+
+    out = tmp_path_factory.mktemp("a4")
+    summary = train.main([
+        "--config", "ray_jobs/configs/cpu_smoke.yaml", f"storage_path={out}", f"model={tiny_model_dir}",
+        "build_tiny_model=false", "run_name=a4", "layout=ocr2-a4", "max_pages=2", "max_length=4096",
+        "prompt=Write the headline.", "num_workers=1", "batch_size=1", "train_limit=2", "val_limit=1", "max_steps=1",
+        "eval_every=1"])
+    return Path(summary["latest_checkpoint"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

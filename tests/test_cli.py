@@ -24,6 +24,14 @@ def test_init_tiny_writes_a_loadable_model_folder(tmp_path):
     model, processor, _ = load_model_and_processor(str(out))
     assert processor.image_token_id == model.config.image_token_id
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}, "stored in bf16, like the published weights"
+
+
+def test_init_tiny_can_store_float32(tmp_path):
+    result = run("model", "init-tiny", str(tmp_path / "tiny"), "--dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    model, _, _ = load_model_and_processor(str(tmp_path / "tiny"))  # dtype="auto": the stored dtype
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_init_tiny_into_a_model_folder_fails_with_a_clear_message(tiny_model_dir):

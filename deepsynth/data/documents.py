@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pypdfium2
@@ -33,6 +33,8 @@ _PDF_HEADER_WINDOW = 1024
 # PDFium is not thread-safe (see the pypdfium2 docs) and a server may call us from a thread
 # pool, so only one thread at a time touches it in this process.
 _PDFIUM_LOCK = threading.Lock()
+SizeCheck = Callable[[list[tuple[int, int]]], None]
+"""Sees every page's (width, height) in pixels before anything is decoded; raises to refuse the document."""
 
 
 class DocumentError(ValueError):
@@ -91,10 +93,12 @@ def sniff_format(data: bytes) -> str:
     )
 
 
-def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits()) -> list[Image.Image]:
+def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits(),
+                   check_sizes: SizeCheck | None = None) -> list[Image.Image]:
     """Render every page of a PDF to an RGB image at `limits.pdf_dpi`.
 
-    The page count and every page's pixel size are checked before the first page is rendered.
+    The page count and every page's pixel size are checked (and passed to `check_sizes`) before
+    the first page is rendered.
     """
     _check_bytes(data, limits)
     scale = limits.pdf_dpi / 72  # PDF sizes are in points, 72 to the inch
@@ -112,11 +116,15 @@ def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits()) -> li
                     "split it into smaller documents.",
                     status=413,
                 )
+            sizes = []
             for index in range(len(pdf)):
                 width, height = pdf.get_page_size(index)
                 # Same rounding as PdfPage.render, so the check sees the bitmap that would be allocated.
                 pixel_size = (math.ceil(width * scale), math.ceil(height * scale))
                 _check_pixels(*pixel_size, limits, f"Page {index + 1} at {limits.pdf_dpi} dpi")
+                sizes.append(pixel_size)
+            if check_sizes is not None:
+                check_sizes(sizes)
             pages = []
             for index in range(len(pdf)):
                 page = pdf[index]
@@ -136,10 +144,13 @@ def load_image_page(data: bytes, limits: DocumentLimits = DocumentLimits()) -> I
     return _decode_image(_open_image(data, limits))
 
 
-def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimits()) -> list[Image.Image]:
+def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimits(),
+                  check_sizes: SizeCheck | None = None) -> list[Image.Image]:
     """Turn the files of one document into its pages: one PDF, or one or more images in page order.
 
-    All files are checked (size, format, page count, image headers) before any is decoded.
+    All files are checked (size, format, page count, image headers) before any is decoded;
+    `check_sizes`, if given, then sees every page's (width, height) and may raise to refuse the
+    document before any decoding work (a server checks its context budget there).
     """
     if not files:
         raise DocumentError("No files were sent; send one PDF or one or more PNG/JPEG images.", status=400)
@@ -153,7 +164,7 @@ def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimit
                 "send each PDF as its own document, and images without a PDF.",
                 status=400,
             )
-        return load_pdf_pages(files[0], limits)
+        return load_pdf_pages(files[0], limits, check_sizes)
     if len(files) > limits.max_pages:
         raise DocumentError(
             f"The document has {len(files)} pages (one per image), more than the limit of {limits.max_pages}; "
@@ -162,6 +173,8 @@ def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimit
         )
     # Open every header first so a bomb on the last page is refused before the first is decoded.
     images = [_open_image(data, limits) for data in files]
+    if check_sizes is not None:
+        check_sizes([image.size for image in images])
     return [_decode_image(image) for image in images]
 
 

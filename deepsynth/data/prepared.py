@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from deepsynth.data.corpus import SPLITS
+from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
 from deepsynth.model.loading import DEFAULT_MODEL
 
@@ -57,7 +58,10 @@ class PrepareConfig:
     layout: str = "ocr2-page"
     """Page layout (see deepsynth.data.render.LAYOUTS)."""
     max_pages: int = 8
-    """Most pages per document; a longer document is an error."""
+    """Most pages per document; what happens to longer ones is long_documents."""
+    long_documents: str = "skip"
+    """skip (leave documents over max_pages out), truncate (keep their first max_pages pages) or error; counted in
+    the manifest."""
     model: str = DEFAULT_MODEL
     """Model whose tokenizer and processor count the text and visual tokens of the statistics."""
     trust_remote_code: bool = False
@@ -80,6 +84,7 @@ class PrepareConfig:
             get_layout(self.layout)
         except ValueError as err:
             raise ValueError(f"layout: {err}") from None
+        check_policy(self.long_documents)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -142,7 +147,8 @@ def summarize_stats(documents: list[dict]) -> dict:
 
 
 def load_prepared_records(folder: str, split: str, limit: int | None = None) -> list[dict]:
-    """Records `{"id", "text", "summary", "shard", "row"}` of `split`; pages are fetched later by shard and row."""
+    """Records `{"id", "text", "summary", "num_pages", "shard", "row"}` of `split`; pages are fetched later by shard
+    and row, and `num_pages` lets training apply its long-document policy without reading them."""
     if "://" not in folder:
         folder = str(Path(folder).resolve())
     manifest = read_manifest(folder)
@@ -154,11 +160,13 @@ def load_prepared_records(folder: str, split: str, limit: int | None = None) -> 
     for shard in manifest["splits"][split]["shards"]:
         uri = join(folder, split, shard["file"])
         _, path = filesystem(uri)
-        table = pq.read_table(path, columns=["id", "text", "summary"], filesystem=fs)
-        for row, (doc_id, text, summary) in enumerate(zip(*(table.column(c).to_pylist() for c in table.column_names))):
+        table = pq.read_table(path, columns=["id", "text", "summary", "num_pages"], filesystem=fs)
+        columns = zip(*(table.column(c).to_pylist() for c in table.column_names))
+        for row, (doc_id, text, summary, num_pages) in enumerate(columns):
             if limit is not None and len(records) >= limit:
                 return records
-            records.append({"id": doc_id, "text": text, "summary": summary, "shard": uri, "row": row})
+            records.append({"id": doc_id, "text": text, "summary": summary, "num_pages": num_pages, "shard": uri,
+                            "row": row})
     return records
 
 

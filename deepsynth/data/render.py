@@ -127,12 +127,8 @@ def _fitting_prefix(word: str, font: ImageFont.FreeTypeFont, max_width: int) -> 
     return n
 
 
-def render_pages(text: str, layout: PageLayout, max_pages: int | None = None) -> list[Image.Image]:
-    """Render `text` to RGB pages of `layout`'s size, paginating as needed.
-
-    Raises ValueError when the text needs more than `max_pages` pages, before any page is drawn.
-    Empty text gives one blank page, so every document has at least one image.
-    """
+def paginate(text: str, layout: PageLayout) -> list[list[str]]:
+    """The lines of each page `text` fills at `layout`, without drawing anything (at least one page)."""
     font = _font(layout.font_size)
     line_height = round(layout.font_size * layout.line_spacing)
     lines = wrap_lines(text, font, layout.width - 2 * layout.margin)
@@ -140,13 +136,34 @@ def render_pages(text: str, layout: PageLayout, max_pages: int | None = None) ->
     while lines and not lines[-1]:
         lines.pop()
     lines_per_page = max(1, (layout.height - 2 * layout.margin) // line_height)
-    chunks = [lines[i : i + lines_per_page] for i in range(0, len(lines), lines_per_page)] or [[]]
-    if max_pages is not None and len(chunks) > max_pages:
-        raise ValueError(
-            f"The document needs {len(chunks)} pages at this layout, more than the limit of {max_pages}; "
-            "shorten it, raise max_pages, or use a layout with a smaller font."
-        )
+    return [lines[i : i + lines_per_page] for i in range(0, len(lines), lines_per_page)] or [[]]
 
+
+def count_pages(text: str, layout: PageLayout) -> int:
+    """How many pages `render_pages` would draw: the cheap check before deciding to render a document."""
+    return len(paginate(text, layout))
+
+
+def render_pages(
+    text: str, layout: PageLayout, max_pages: int | None = None, truncate: bool = False
+) -> list[Image.Image]:
+    """Render `text` to RGB pages of `layout`'s size, paginating as needed.
+
+    A text that needs more than `max_pages` pages raises ValueError before any page is drawn, or,
+    with `truncate`, keeps its first `max_pages` pages. Empty text gives one blank page, so every
+    document has at least one image.
+    """
+    chunks = paginate(text, layout)
+    if max_pages is not None and len(chunks) > max_pages:
+        if not truncate:
+            raise ValueError(
+                f"The document needs {len(chunks)} pages at this layout, more than the limit of {max_pages}; "
+                "shorten it, raise max_pages, or use a layout with a smaller font."
+            )
+        chunks = chunks[:max_pages]
+
+    font = _font(layout.font_size)
+    line_height = round(layout.font_size * layout.line_spacing)
     pages = []
     for chunk in chunks:
         page = Image.new("RGB", (layout.width, layout.height), "white")

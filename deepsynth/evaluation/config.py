@@ -1,9 +1,15 @@
 """The options of `ray_jobs.evaluate` as one dataclass: the script's flag defaults and the job API's
-validation of evaluate jobs both come from here, so they cannot drift apart."""
+validation of evaluate jobs both come from here, so they cannot drift apart.
+
+Options left `None` come from the checkpoint's template (`deepsynth.template`): the layout, page
+limit, prompt and generation settings it was trained with."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from deepsynth.data.long_documents import check_policy
+from deepsynth.data.render import get_layout
 
 
 @dataclass
@@ -18,12 +24,19 @@ class EvalConfig:
     """Replaces the benchmark's dataset (builtin, a preset or prepared:<name>)."""
     split: str | None = None
     limit: int = 20
-    layout: str = "ocr2-page"
+    layout: str | None = None
+    """Page layout; None is the checkpoint's."""
+    max_pages: int | None = None
+    """Most pages per document; None is the checkpoint's."""
+    long_documents: str = "truncate"
+    """Documents over max_pages: truncate (score their first pages), skip or error; counted in the report."""
+    prompt: str | None = None
+    """Instruction after the pages; None is the checkpoint's."""
     batch_size: int = 8
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 4
-    repetition_penalty: float = 1.1
+    max_new_tokens: int | None = None
+    num_beams: int | None = None
+    no_repeat_ngram_size: int | None = None
+    repetition_penalty: float | None = None
     device: str = "cpu"
     ray_data: bool = False
     concurrency: int = 1
@@ -31,10 +44,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
             raise ValueError("Set exactly one of checkpoint (<run>/step-XXXXXX) or model.")
-        for name in ("limit", "batch_size", "max_new_tokens", "num_beams", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("limit", "batch_size", "concurrency", "max_pages", "max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.split is not None and self.split not in ("train", "validation", "test"):
             raise ValueError(f"split must be train, validation or test, got {self.split!r}.")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}.")
+        if self.layout is not None:
+            get_layout(self.layout)
+        check_policy(self.long_documents)

@@ -280,11 +280,14 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
                  "--split", config.split or "test"]
     else:
         args += ["--benchmark", request.preset]
-    args += ["--limit", str(config.limit), "--layout", config.layout, "--batch-size", str(config.batch_size),
-             "--max-new-tokens", str(config.max_new_tokens), "--num-beams", str(config.num_beams),
-             "--no-repeat-ngram-size", str(config.no_repeat_ngram_size),
-             "--repetition-penalty", str(config.repetition_penalty), "--device", config.device,
-             "--concurrency", str(config.concurrency), "--out", join(settings.storage, "evals", job_id, "report.json")]
+    args += ["--limit", str(config.limit), "--batch-size", str(config.batch_size), "--long-documents",
+             config.long_documents, "--device", config.device, "--concurrency", str(config.concurrency),
+             "--out", join(settings.storage, "evals", job_id, "report.json")]
+    # Unset options stay unset: the script takes them from the checkpoint's template.
+    for flag in ("layout", "max_pages", "prompt", "max_new_tokens", "num_beams", "no_repeat_ngram_size",
+                 "repetition_penalty"):
+        if getattr(config, flag) is not None:
+            args += ["--" + flag.replace("_", "-"), str(getattr(config, flag))]
     if config.ray_data:
         args.append("--ray-data")
     # With Ray Data the model runs in GPU actors Ray places; without it, in the driver itself.
@@ -312,6 +315,7 @@ def _prepare(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec
     config = _construct(PrepareConfig, values, "overrides")
     args = ["--name", config.name, "--source", config.source, "--splits", ",".join(config.splits),
             "--seed", str(config.seed), "--layout", config.layout, "--max-pages", str(config.max_pages),
+            "--long-documents", config.long_documents,
             "--model", config.model, "--rows-per-shard", str(config.rows_per_shard), "--output", settings.storage]
     for flag, value in (("--limit", config.limit), ("--text-field", config.text_field),
                         ("--summary-field", config.summary_field)):

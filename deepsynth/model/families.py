@@ -18,7 +18,6 @@ collation, training, serving) talks only to this protocol.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import nn
-from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import get_optimal_tiled_canvas
+
+from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_visual_tokens
 
 IMAGE_TOKEN = "<image>"
 
@@ -71,6 +71,7 @@ class Ocr2Family:
     def __init__(self, processor: Any):
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.geometry = Ocr2Geometry.of(processor)
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs:
         if not pages:
@@ -96,17 +97,7 @@ class Ocr2Family:
         return merged
 
     def count_visual_tokens(self, width: int, height: int) -> int:
-        ip = self.processor.image_processor
-        per_side = self.processor.patch_size * self.processor.downsample_ratio
-        global_tokens = math.ceil(ip.size["height"] / per_side) ** 2
-        tile_tokens = math.ceil(ip.tile_size / per_side) ** 2
-        num_tiles = 0
-        if ip.crop_to_patches and max(width, height) > ip.tile_size:
-            cols, rows = get_optimal_tiled_canvas(
-                (height, width), (ip.tile_size, ip.tile_size), ip.min_patches, ip.max_patches
-            )
-            num_tiles = cols * rows
-        return global_tokens + num_tiles * tile_tokens + 1  # +1: the view separator
+        return self.geometry.visual_tokens(width, height)
 
     @staticmethod
     def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:
@@ -122,28 +113,6 @@ class Ocr2Family:
         return {"language_model": model.model.language_model, "lm_head": model.lm_head}
 
 
-@dataclass(frozen=True)
-class V1Mode:
-    """A DeepSeek-OCR v1 resolution mode."""
-
-    base_size: int
-    """Side of the global view."""
-    image_size: int
-    """Side of a local crop (equal to base_size when not cropping)."""
-    crop: bool
-    """Whether large pages are cut into image_size crops next to the global view (gundam mode)."""
-
-
-V1_MODES: dict[str, V1Mode] = {
-    "tiny": V1Mode(512, 512, False),
-    "small": V1Mode(640, 640, False),
-    "base": V1Mode(1024, 1024, False),
-    "large": V1Mode(1280, 1280, False),
-    "gundam": V1Mode(1024, 640, True),
-}
-
-_V1_PATCH, _V1_DOWNSAMPLE = 16, 4
-_V1_MIN_CROPS, _V1_MAX_CROPS = 2, 9
 _V1_MEAN = 0.5
 
 
@@ -167,24 +136,8 @@ class V1Family:
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer has no {IMAGE_TOKEN!r} token; load the DeepSeek-OCR v1 tokenizer.")
 
-    def _crop_grid(self, width: int, height: int) -> tuple[int, int]:
-        m = self.mode
-        if not m.crop or (width <= m.image_size and height <= m.image_size):
-            return 1, 1
-        return get_optimal_tiled_canvas((height, width), (m.image_size, m.image_size), _V1_MIN_CROPS, _V1_MAX_CROPS)
-
     def count_visual_tokens(self, width: int, height: int) -> int:
-        m = self.mode
-        if not m.crop:
-            q = math.ceil(m.image_size / _V1_PATCH / _V1_DOWNSAMPLE)
-            return (q + 1) * q + 1  # a newline token closes every row, then the view separator
-        q_base = math.ceil(m.base_size / _V1_PATCH / _V1_DOWNSAMPLE)
-        tokens = (q_base + 1) * q_base + 1
-        cols, rows = self._crop_grid(width, height)
-        if cols > 1 or rows > 1:
-            q = math.ceil(m.image_size / _V1_PATCH / _V1_DOWNSAMPLE)
-            tokens += (q * cols + 1) * (q * rows)
-        return tokens
+        return v1_visual_tokens(self.mode, width, height)
 
     def _views(self, page: Image.Image) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
         m = self.mode
@@ -193,7 +146,7 @@ class V1Family:
             if m.image_size <= 640:
                 page = page.resize((m.image_size, m.image_size), Image.Resampling.BICUBIC)
             return _v1_to_tensor(ImageOps.pad(page, (m.image_size, m.image_size), color=pad)), [], (1, 1)
-        cols, rows = self._crop_grid(*page.size)
+        cols, rows = v1_crop_grid(m, *page.size)
         crops = []
         if cols > 1 or rows > 1:
             resized = page.resize((m.image_size * cols, m.image_size * rows), Image.Resampling.BICUBIC)

@@ -75,6 +75,17 @@ def model_type_of(name_or_path: str, revision: str | None = None) -> str:
     return config_dict.get("model_type", "")
 
 
+def context_length(name_or_path: str, revision: str | None = None) -> int:
+    """The decoder's positions (`max_position_embeddings`), read from config.json: the most tokens a
+    prompt plus its generated summary can take (8192 for the published DeepSeek-OCR-2)."""
+    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
+    # OCR-2 nests the decoder's settings in text_config, v1 in language_config.
+    text = config_dict.get("text_config") or config_dict.get("language_config") or config_dict
+    if "max_position_embeddings" not in text:
+        raise ValueError(f"{name_or_path}'s config.json gives no max_position_embeddings for its decoder.")
+    return int(text["max_position_embeddings"])
+
+
 def family_class(model_type: str) -> type[Ocr2Family] | type[V1Family]:
     """The family that knows this model type's inputs and modules, or a clear error."""
     if model_type in OCR2_MODEL_TYPES:

@@ -13,6 +13,10 @@ Two SAM patch sizes are offered:
   tokens. This is what tests and the CPU demo use.
 - 16: the real checkpoint's sizes, a 1024 px global view of 256 queries plus 768 px tiles.
 
+The weights are stored in bfloat16, as the published checkpoint's are, so `dtype="auto"` loads
+the tiny model in bf16 exactly where it loads the real one in bf16 (evaluation and serving);
+`dtype="float32"` stores float32 for tests that need exact arithmetic.
+
 The folder it writes is a normal Hugging Face model folder, loaded like the real checkpoint:
 
     build_tiny_model("runs/tiny")            # or: deepsynth model init-tiny runs/tiny
@@ -130,8 +134,14 @@ def tiny_config(
     )
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, sam_patch_size: int = 32) -> Path:
-    """Write a tiny random-initialised DeepSeek-OCR-2 (model, tokenizer, processor) to `out_dir`."""
+TINY_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, sam_patch_size: int = 32,
+                     dtype: str = "bfloat16") -> Path:
+    """Write a tiny random-initialised DeepSeek-OCR-2 (model, tokenizer, processor) to `out_dir`, weights in `dtype`."""
+    if dtype not in TINY_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(TINY_DTYPES)}, got {dtype!r}.")
     out = Path(out_dir)
     if (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a model; pick an empty folder or delete it first.")
@@ -149,7 +159,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024,
     image_processor = DeepseekOcr2ImageProcessorPil(size={"height": global_view, "width": global_view})
     processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
     torch.manual_seed(seed)
-    model = DeepseekOcr2ForConditionalGeneration(config)
+    # Initialised in float32, then stored like the published weights: config.json records the dtype.
+    model = DeepseekOcr2ForConditionalGeneration(config).to(TINY_DTYPES[dtype])
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
@@ -157,11 +168,11 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024,
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "README.md").write_text(_model_card(seed, model.num_parameters(), sam_patch_size))
+    (out / "README.md").write_text(_model_card(seed, model.num_parameters(), sam_patch_size, dtype))
     return out
 
 
-def _model_card(seed: int, num_parameters: int, sam_patch_size: int) -> str:
+def _model_card(seed: int, num_parameters: int, sam_patch_size: int, dtype: str) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
@@ -171,6 +182,6 @@ tags: [deepsynth, deepseek-ocr-2, tiny, random-weights, testing]
 
 A randomly initialised `DeepseekOcr2ForConditionalGeneration` ({num_parameters:,} parameters, seed {seed})
 built offline by `deepsynth model init-tiny` for tests and demos. It has the real architecture with
-small widths and SAM patch size {sam_patch_size}; it knows nothing until trained. Its tokenizer was
+small widths and SAM patch size {sam_patch_size}, stored in {dtype}; it knows nothing until trained. Its tokenizer was
 trained on DeepSynth's built-in corpus.
 """

@@ -3,7 +3,9 @@
 `serve run serve.summarizer:build_app key=value ...` and the `args:` of a `serve deploy` YAML
 arrive as a dict of strings; `load_serve_config` turns them into a `ServeConfig` or raises a
 `ValueError` that names every wrong flag and says how to fix it, before anything is loaded.
-Adapters are LoRA checkpoints written by `ray_jobs/train.py`, given as `name=path` pairs.
+Adapters are LoRA checkpoints written by `ray_jobs/train.py`, given as `name=path` pairs. The
+layout, prompt and generation defaults are each checkpoint's (and adapter's) template unless an
+argument sets them for the whole server.
 
     config = load_serve_config({"checkpoint": "runs/x/step-000500", "adapters": "legal=runs/y/step-000300"})
 """
@@ -19,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from deepsynth.data.documents import DocumentLimits
 from deepsynth.data.render import LAYOUTS
 from deepsynth.serving.schemas import validation_detail
-from deepsynth.training.checkpoint import read_meta
+from deepsynth.template import Template
+from deepsynth.training.checkpoint import read_meta, read_template
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -44,16 +47,21 @@ class ServeConfig(BaseModel):
     device: str = "auto"
     """"auto" (CUDA when the replica reserves GPUs with `num_gpus`, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    layout: str = "ocr2-page"
-    """Page layout that text input is rendered with (deepsynth.data.render.LAYOUTS)."""
+    layout: str | None = None
+    """Page layout that text input is rendered with (deepsynth.data.render.LAYOUTS); None is the template's."""
+    prompt: str | None = Field(None, min_length=1, max_length=2000)
+    """Instruction after the pages; None is the template's (what the checkpoint was trained with)."""
 
     # --- generation
-    default_max_new_tokens: int = Field(128, ge=1)
+    default_max_new_tokens: int | None = Field(None, ge=1)
+    """Summary length when a request sets none; None is the template's, capped at max_new_tokens_limit."""
     max_new_tokens_limit: int = Field(512, ge=1, le=4096)
     """Largest `max_new_tokens` a request may ask for."""
     max_num_beams: int = Field(4, ge=1, le=16)
-    no_repeat_ngram_size: int = Field(4, ge=0)
-    repetition_penalty: float = Field(1.1, ge=1.0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    """The repetition guard's n-gram size (0 is off); None is the template's."""
+    repetition_penalty: float | None = Field(None, ge=1.0)
+    """1.0 is off; None is the template's."""
 
     # --- input limits (checked before any expensive work)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -120,8 +128,8 @@ class ServeConfig(BaseModel):
 
     @field_validator("layout")
     @classmethod
-    def _known_layout(cls, value: str) -> str:
-        if value not in LAYOUTS:
+    def _known_layout(cls, value: str | None) -> str | None:
+        if value is not None and value not in LAYOUTS:
             raise ValueError(f"unknown layout {value!r}; choose one of {sorted(LAYOUTS)}")
         return value
 
@@ -129,7 +137,7 @@ class ServeConfig(BaseModel):
     def _consistent(self) -> ServeConfig:
         if (self.model is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of model=<hub id or folder> and checkpoint=<step-XXXXXX folder>")
-        if self.default_max_new_tokens > self.max_new_tokens_limit:
+        if self.default_max_new_tokens is not None and self.default_max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(
                 f"default_max_new_tokens={self.default_max_new_tokens} is above "
                 f"max_new_tokens_limit={self.max_new_tokens_limit}; lower it or raise the limit"
@@ -170,6 +178,18 @@ class ServeConfig(BaseModel):
     def base_model(self) -> str:
         """The base model adapters must have been trained on."""
         return read_meta(self.checkpoint)["base_model"] if self.checkpoint else str(self.model)
+
+    def template(self, adapter: str | None = None) -> Template:
+        """What a request on `adapter` (None: the served model) is rendered, prompted and decoded with:
+        that checkpoint's template, with this server's explicit settings on top."""
+        source = self.adapters[adapter] if adapter is not None else self.checkpoint
+        trained = read_template(source) if source is not None else Template()
+        template = trained.with_overrides(layout=self.layout, prompt=self.prompt,
+                                          no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                          repetition_penalty=self.repetition_penalty,
+                                          max_new_tokens=self.default_max_new_tokens)
+        return template.with_overrides(max_new_tokens=min(template.generation.max_new_tokens,
+                                                          self.max_new_tokens_limit))
 
 
 def load_serve_config(args: dict[str, Any]) -> ServeConfig:

@@ -1,12 +1,13 @@
 """What a model replica does with a batch of documents: group them by options, generate, count summary tokens.
 
 The model is loaded by `load_source`, the function evaluation loads through, and summaries come
-from the same `generate_summaries`, with its repetition guard. A batch from the server may mix
-generation options; documents that share options go through one `generate` call. The pages'
-usage (visual and source-text tokens) is counted before the job gets here, by the ingress.
+from the same `generate_summaries`, with its repetition guard. Each job carries the prompt and
+generation options the ingress resolved from the checkpoint's (or adapter's) template and the
+request; documents that share both go through one `generate` call. The pages' usage (visual
+and source-text tokens) is counted before the job gets here, by the ingress.
 
     loaded = load_served_model(config)
-    results, generate_seconds = summarize_jobs(loaded.model, loaded.processor, loaded.family, jobs, config)
+    results, generate_seconds = summarize_jobs(loaded.model, loaded.processor, loaded.family, jobs)
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any
 from PIL import Image
 
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
-from deepsynth.model.loading import LoadedModel
 from deepsynth.serving.config import ServeConfig
-from deepsynth.training.checkpoint import load_source
+from deepsynth.training.checkpoint import LoadedCheckpoint, load_source
 
 
 @dataclass
@@ -29,9 +29,8 @@ class SummaryJob:
     """One document on its way to the model replica."""
 
     pages: list[Image.Image]
-    max_new_tokens: int
-    min_new_tokens: int
-    num_beams: int
+    options: GenerationOptions
+    prompt: str
     adapter: str | None
     received: float = field(default=0.0)
     """time.monotonic() when the model replica received it; set by the replica."""
@@ -46,27 +45,24 @@ class SummaryResult:
     generate_s: float
 
 
-def load_served_model(config: ServeConfig) -> LoadedModel:
+def load_served_model(config: ServeConfig) -> LoadedCheckpoint:
     """The model `config` names, loaded exactly as evaluation loads it."""
     return load_source(config.checkpoint, config.model, dtype=config.dtype, device=config.replica_device)
 
 
 def summarize_jobs(
-    model: Any, processor: Any, family: Any, jobs: Sequence[SummaryJob], config: ServeConfig
+    model: Any, processor: Any, family: Any, jobs: Sequence[SummaryJob]
 ) -> tuple[list[SummaryResult], list[float]]:
-    """Summaries for `jobs` in order, and the seconds of each `generate` call (one per set of options)."""
-    groups: dict[tuple[int, int, int], list[int]] = {}
+    """Summaries for `jobs` in order, and the seconds of each `generate` call (one per prompt and options)."""
+    groups: dict[tuple[GenerationOptions, str], list[int]] = {}
     for index, job in enumerate(jobs):
-        groups.setdefault((job.max_new_tokens, job.min_new_tokens, job.num_beams), []).append(index)
+        groups.setdefault((job.options, job.prompt), []).append(index)
     results: list[SummaryResult | None] = [None] * len(jobs)
     generate_seconds = []
-    for (max_new_tokens, min_new_tokens, num_beams), indices in groups.items():
-        options = GenerationOptions(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
-                                    no_repeat_ngram_size=config.no_repeat_ngram_size,
-                                    repetition_penalty=config.repetition_penalty)
+    for (options, prompt), indices in groups.items():
         started = time.monotonic()
         summaries = generate_summaries(model, processor, [jobs[i].pages for i in indices], options=options,
-                                       batch_size=len(indices))
+                                       prompt=prompt, batch_size=len(indices))
         generate_s = time.monotonic() - started
         generate_seconds.append(generate_s)
         for index, summary in zip(indices, summaries):

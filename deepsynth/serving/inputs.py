@@ -2,22 +2,27 @@
 
 The body is read as a stream and refused with 413 the moment it passes `max_body_bytes` (a
 declared Content-Length over the limit is refused before the first byte is read). Text is
-length-checked before it is rendered; files go through `load_document`, which checks sizes,
-formats, page counts and pixel counts on metadata before decoding. Nothing here knows about the
-model: the pages are plain RGB images.
+length-checked and paginated before it is rendered; files go through `load_document`, which
+checks sizes, formats, page counts and pixel counts on metadata before decoding. Before any
+rendering or decoding, `ContextBudget` refuses a document whose visual tokens, prompt and
+summary cannot fit the decoder's positions (16 A4 pages are about 17.9k visual tokens, more
+than DeepSeek-OCR-2's 8192).
 
     body = await read_body(request.headers, request.stream(), config.max_body_bytes)
-    pages = text_pages(text, config)   # or file_pages([pdf_bytes], config)
+    budget = ContextBudget(family, context_length(model))
+    pages = text_pages(text, "ocr2-page", config, lambda sizes: budget.check(sizes, prompt, max_new_tokens))
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
-from deepsynth.data.documents import DocumentError, load_document
-from deepsynth.data.render import get_layout, render_pages
+from deepsynth.data.documents import DocumentError, SizeCheck, load_document
+from deepsynth.data.render import count_pages, get_layout, render_pages
+from deepsynth.model.families import IMAGE_TOKEN, ModelFamily
 from deepsynth.serving.config import ServeConfig
 from deepsynth.serving.schemas import ServingError
 
@@ -56,21 +61,48 @@ async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], li
     return b"".join([chunk async for chunk in limited_stream(stream, limit)])
 
 
-def text_pages(text: str, config: ServeConfig) -> list[Image.Image]:
-    """Render text to pages of `config.layout`, refusing text over `max_text_chars` or `max_pages` pages."""
+@dataclass(frozen=True)
+class ContextBudget:
+    """The decoder's positions, against which a request's prompt and summary are checked before any rendering."""
+
+    family: ModelFamily
+    context: int
+    """`max_position_embeddings` of the served model's decoder."""
+
+    def check(self, page_sizes: Sequence[tuple[int, int]], prompt: str, max_new_tokens: int) -> None:
+        """Raise 413 unless pages of these sizes, the prompt and `max_new_tokens` fit the context."""
+        visual = sum(self.family.count_visual_tokens(width, height) for width, height in page_sizes)
+        # The processor's text: BOS, one placeholder and newline per page, the prompt; placeholders become `visual`.
+        prompt_tokens = len(self.family.tokenizer(f"{IMAGE_TOKEN}\n" * len(page_sizes) + prompt)["input_ids"])
+        prompt_tokens -= len(page_sizes)
+        total = visual + prompt_tokens + max_new_tokens
+        if total > self.context:
+            raise ServingError(413, "context_length_exceeded", (
+                f"The document's {len(page_sizes)} pages are {visual:,} visual tokens; with the prompt "
+                f"({prompt_tokens} tokens) and max_new_tokens={max_new_tokens} that is {total:,} tokens, more than "
+                f"the model's {self.context:,} positions. Send fewer or smaller pages, or lower max_new_tokens."))
+
+
+def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeCheck) -> list[Image.Image]:
+    """Render text to pages of `layout`, refusing text over `max_text_chars` or `max_pages` pages, or that
+    `check_sizes` refuses, before drawing anything."""
     if len(text) > config.max_text_chars:
         raise too_large(f"The text is {len(text):,} characters, more than the limit of {config.max_text_chars:,}; "
                         "split the document.")
-    try:
-        return render_pages(text, get_layout(config.layout), max_pages=config.max_pages)
-    except ValueError as err:
-        raise too_large(str(err)) from None
+    page_layout = get_layout(layout)
+    num_pages = count_pages(text, page_layout)
+    if num_pages > config.max_pages:
+        raise too_large(f"The document needs {num_pages} pages at layout {layout}, more than this server's limit "
+                        f"of {config.max_pages}; split it into smaller documents.")
+    check_sizes([(page_layout.width, page_layout.height)] * num_pages)
+    return render_pages(text, page_layout)
 
 
-def file_pages(files: Sequence[bytes], config: ServeConfig) -> list[Image.Image]:
-    """One PDF or PNG/JPEG pages to RGB pages, mapping `DocumentError`s to their HTTP status."""
+def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeCheck) -> list[Image.Image]:
+    """One PDF or PNG/JPEG pages to RGB pages, mapping `DocumentError`s to their HTTP status; `check_sizes`
+    sees the pages' sizes before any is decoded."""
     try:
-        pages = load_document(files, config.limits)
+        pages = load_document(files, config.limits, check_sizes)
     except DocumentError as err:
         raise ServingError(err.status, _ERROR_CODES[err.status], str(err)) from None
     for number, page in enumerate(pages, 1):

@@ -125,12 +125,20 @@ class AdapterInfo(BaseModel):
     step: int
     base_model: str
     mode: str
+    layout: str
+    """Page layout text sent to this adapter is rendered with (its training layout unless the server sets one)."""
+    prompt: str
+    """Instruction placed after the pages (its training prompt unless the server sets one)."""
 
 
 class ModelsResponse(BaseModel):
     model: str
     """The base model (or checkpoint) every request runs on."""
     family: str
+    layout: str
+    """Page layout text input is rendered with: the checkpoint's training layout unless the server sets one."""
+    prompt: str
+    """Instruction placed after the pages: the checkpoint's training prompt unless the server sets one."""
     adapters: list[AdapterInfo]
     """LoRA adapters a request may name in `adapter` or the `serve_multiplexed_model_id` header."""
 

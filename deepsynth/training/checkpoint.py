@@ -4,7 +4,8 @@ A checkpoint folder holds
 - `adapter/` (a PEFT adapter, for lora/qlora) or `decoder.safetensors` (the trained weights, for full);
 - the processor (`save_pretrained`), so the folder tokenizes and renders like the run did;
 - `train_config.yaml`, the run's full `TrainConfig`;
-- `meta.json`: step, metrics, base model, mode, family and library versions;
+- `meta.json`: step, metrics, base model, mode, family, library versions and the `template`
+  (layout, page limit, prompt and generation defaults) that evaluation and serving reuse;
 - the resume state: `optimizer.pt` (optimizer and scheduler; `deepspeed/` shards under ZeRO)
   and one `rank-N.pt` per worker with its RNG states and data position.
 
@@ -13,7 +14,7 @@ checkpoint. Serving, evaluation and tests load it through `load_checkpoint` (via
 which also takes a base model).
 
     path = write_checkpoint(out_dir, step, lambda folder: save_model_files(folder, ...))
-    model, processor, family = load_checkpoint(path)
+    model, processor, family, template = load_checkpoint(path)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import deepsynth
-from deepsynth.model.loading import LoadedModel, load_model_and_processor
+from deepsynth.model.loading import load_model_and_processor
+from deepsynth.template import Template
 
 DECODER_WEIGHTS = "decoder.safetensors"
 ADAPTER_DIR = "adapter"
@@ -120,6 +122,7 @@ def save_model_files(
         "base_model": config.model,
         "mode": config.mode,
         "family": family_name,
+        "template": Template.from_train_config(config).to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": library_versions(),
     }
@@ -131,6 +134,24 @@ def read_meta(path: str | Path) -> dict:
     if not meta_file.exists():
         raise FileNotFoundError(f"{path} is not a DeepSynth checkpoint (no meta.json); pass a step-XXXXXX folder.")
     return json.loads(meta_file.read_text())
+
+
+def read_template(path: str | Path) -> Template:
+    """The template a checkpoint was trained with (from train_config.yaml for checkpoints older than templates)."""
+    meta = read_meta(path)
+    if "template" in meta:
+        return Template.from_dict(meta["template"])
+    config = yaml.safe_load((Path(path) / "train_config.yaml").read_text())
+    return Template(layout=config["layout"], max_pages=config["max_pages"], prompt=config["prompt"])
+
+
+class LoadedCheckpoint(NamedTuple):
+    """What evaluation scores and the server serves: the model, its processor and family, and its template."""
+
+    model: Any
+    processor: Any
+    family: Any
+    template: Template
 
 
 def load_trained_weights(model: nn.Module, path: str | Path, mode: str, adapter_name: str = "default") -> None:
@@ -160,10 +181,11 @@ def load_trained_weights(model: nn.Module, path: str | Path, mode: str, adapter_
 
 def load_checkpoint(
     path: str | Path, *, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False
-) -> LoadedModel:
-    """Load a checkpoint for inference: the base model with the trained weights or adapter applied.
+) -> LoadedCheckpoint:
+    """Load a checkpoint for inference: the base model with the trained weights or adapter applied, and its template.
 
-    A QLoRA adapter is applied to the base model in `dtype`, not in 4 bits.
+    A QLoRA adapter is applied to the base model in `dtype`, not in 4 bits. `dtype="auto"` is the
+    base checkpoint's own (bf16 for the published DeepSeek-OCR-2 and the tiny model).
     """
     path = Path(path)
     meta = read_meta(path)
@@ -183,15 +205,16 @@ def load_checkpoint(
         model = get_peft_model(base, LoraConfig.from_pretrained(path / ADAPTER_DIR))
         load_trained_weights(model, path, meta["mode"])
     model.eval()
-    return LoadedModel(model, processor, family)
+    return LoadedCheckpoint(model, processor, family, read_template(path))
 
 
 def load_source(
     checkpoint: str | Path | None, model: str | None, *, dtype: str = "auto", device: str = "cpu"
-) -> LoadedModel:
+) -> LoadedCheckpoint:
     """What evaluation scores and the server serves, in eval mode: a `step-XXXXXX` checkpoint or a base model.
 
-    `checkpoint` goes through `load_checkpoint`, `model` (hub id or folder) through `load_model_and_processor`.
+    `checkpoint` goes through `load_checkpoint`, `model` (hub id or folder) through `load_model_and_processor`
+    and gets the default `Template()`.
     """
     if (checkpoint is None) == (model is None):
         raise ValueError("Give exactly one of a checkpoint (a step-XXXXXX folder) and a model (hub id or folder).")
@@ -199,4 +222,4 @@ def load_source(
         return load_checkpoint(checkpoint, dtype=dtype, device=device)
     loaded = load_model_and_processor(model, dtype=dtype, device=device)
     loaded.model.eval()
-    return loaded
+    return LoadedCheckpoint(*loaded, Template())

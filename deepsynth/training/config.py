@@ -20,8 +20,11 @@ from typing import Any
 import yaml
 
 from deepsynth.data.collate import DEFAULT_PROMPT
+from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
 from deepsynth.model.loading import DEFAULT_MODEL, resolve_dtype
+from deepsynth.model.tokens import check_token_budget, layout_visual_tokens
+from deepsynth.template import DEFAULT_LAYOUT, DEFAULT_MAX_PAGES
 
 MODES = ("full", "lora", "qlora")
 STRATEGIES = ("ddp", "deepspeed")
@@ -74,14 +77,17 @@ class TrainConfig:
     """Training documents to use; None is the whole split (256 for builtin)."""
     val_limit: int = 32
     """Validation documents for the eval loss."""
-    layout: str = "ocr2-page"
+    layout: str = DEFAULT_LAYOUT
     """Page layout to render text with (see deepsynth.data.render.LAYOUTS)."""
-    max_pages: int = 8
-    """Most pages per document; longer documents are an error, not a silent cut."""
+    max_pages: int = DEFAULT_MAX_PAGES
+    """Most pages per document; what happens to longer ones is long_documents."""
+    long_documents: str = "skip"
+    """skip (leave documents over max_pages out, counted), truncate (keep their first max_pages pages) or error."""
     prompt: str = DEFAULT_PROMPT
     """Instruction placed after the page images, before the summary."""
     max_length: int = 2048
-    """Longest sequence in tokens (image tokens included); only summaries are ever truncated."""
+    """Longest sequence in tokens (image tokens included); only summaries are ever truncated. It must hold max_pages
+    pages at the published checkpoint's token count for the layout, the prompt and a 32-token summary."""
     augment: bool = False
     """Text-safe augmentation of training pages."""
     blank_pages: bool = False
@@ -103,7 +109,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max gradient norm; 0 turns clipping off."""
     precision: str = "auto"
-    """auto (bf16 on GPUs that have it, else fp32), fp32, bf16 or fp16."""
+    """auto (bf16 on GPUs that have it, else fp32), fp32, bf16, or fp16 (with dynamic loss scaling)."""
     seed: int = 0
     """Seed for weights of new adapters, data order and augmentation."""
 
@@ -138,6 +144,7 @@ class TrainConfig:
             get_layout(self.layout)
         except ValueError as err:
             raise ValueError(f"layout: {err}") from None
+        check_policy(self.long_documents)
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}.")
         if self.lr <= 0:
@@ -166,8 +173,9 @@ class TrainConfig:
             raise ValueError("lora_targets must name at least one module, or be null to find them automatically.")
         if self.mode == "qlora" and self.strategy == "deepspeed":
             raise ValueError("mode=qlora does not combine with strategy=deepspeed; use strategy=ddp for QLoRA.")
-        if self.precision == "fp16" and self.strategy == "deepspeed":
-            raise ValueError("precision=fp16 with DeepSpeed is not supported here; use precision=bf16.")
+        # Against the published checkpoint's arithmetic: a tiny model never costs more tokens per page.
+        check_token_budget(max_pages=self.max_pages, page_tokens=layout_visual_tokens(self.layout),
+                           prompt=self.prompt, max_length=self.max_length)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

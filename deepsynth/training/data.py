@@ -18,17 +18,20 @@ model's tokens) run in the training worker. The loop times how long it waits for
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
 import ray
+import torch.distributed as dist
 from PIL import Image
 
 from deepsynth.data.augment import AugmentConfig, augment_pages
 from deepsynth.data.collate import Batch, SummaryCollator
-from deepsynth.data.pages import decode_pages, render_batch
+from deepsynth.data.long_documents import LongDocumentCounts, apply_long_document_policy
+from deepsynth.data.pages import decode_pages, page_counts, render_batch
 from deepsynth.data.prepared import read_prepared_pages
 
 
@@ -53,6 +56,21 @@ class PageOptions:
     """Augmentation for training pages; None for validation."""
     blank_pages: bool = False
     """Replace pages by blank ones of the same size (the ablation that shows what pages are worth)."""
+    truncate: bool = False
+    """Keep the first `max_pages` pages of longer documents (long_documents=truncate) instead of raising."""
+
+
+def select_documents(records: list[dict], options: PageOptions, policy: str) -> tuple[list[dict], LongDocumentCounts]:
+    """The records every worker uses under the long-document `policy`, decided from page counts before rendering.
+
+    Rank 0 counts (with Ray Data tasks) and broadcasts, so all ranks deal the same records and
+    agree on the number of batches per epoch.
+    """
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    counts = [page_counts(records, options.layout) if not distributed or dist.get_rank() == 0 else None]
+    if distributed:
+        dist.broadcast_object_list(counts, src=0)
+    return apply_long_document_policy(records, counts[0], max_pages=options.max_pages, policy=policy)
 
 
 def to_examples(rows: dict, options: PageOptions, seed: int, epoch: int) -> list[dict]:
@@ -60,6 +78,8 @@ def to_examples(rows: dict, options: PageOptions, seed: int, epoch: int) -> list
     examples = []
     for doc_id, pages_png, summary in zip(rows["id"], rows["pages"], rows["summary"]):
         pages = decode_pages(pages_png)
+        if options.truncate:
+            pages = pages[: options.max_pages]  # prepared pages come whole; rendered ones are already cut
         if options.blank_pages:
             pages = [Image.new("RGB", page.size, "white") for page in pages]
         if options.augment is not None:
@@ -73,7 +93,8 @@ def render(records: list[dict], options: PageOptions, batch_size: int) -> ray.da
     if records and "shard" in records[0]:  # a prepared dataset: its pages were rendered ahead
         return ray.data.from_items(records).map_batches(read_prepared_pages, batch_size=batch_size)
     return ray.data.from_items(records).map_batches(
-        render_batch, fn_kwargs={"layout": options.layout, "max_pages": options.max_pages}, batch_size=batch_size
+        render_batch, fn_kwargs={"layout": options.layout, "max_pages": options.max_pages,
+                                 "truncate": options.truncate}, batch_size=batch_size
     )
 
 
@@ -127,12 +148,34 @@ class PageBatches:
                 yield self.collate(examples)
 
 
+@dataclass
+class ValidationBatch:
+    batch: Batch
+    padding: bool
+    """Run only to keep the ranks in step; its loss does not count."""
+
+
 def validation_batches(
     records: list[dict], *, rank: int, world_size: int, batch_size: int, options: PageOptions, collate: SummaryCollator
-) -> list[Batch]:
-    """This worker's share of the validation set, rendered and collated once, reused at every evaluation."""
-    shard = records[rank::world_size]
-    if not shard:
+) -> list[ValidationBatch]:
+    """This worker's share of the validation set, rendered and collated once, reused at every evaluation.
+
+    Every rank gets as many batches as the largest share needs: under DDP (buffer broadcasts) and
+    ZeRO-3 (parameter gathers) a rank that ran fewer forward passes would leave the others waiting
+    forever. A rank short of batches pads with one-document batches of a real document, marked so
+    the loss leaves them out.
+    """
+    if not records:
         return []
-    rows = render(shard, options, batch_size).iter_batches(batch_size=batch_size, batch_format="numpy")
-    return [collate(to_examples(batch_rows, options, seed=0, epoch=0)) for batch_rows in rows]
+    num_batches = math.ceil(math.ceil(len(records) / world_size) / batch_size)
+    shard = records[rank::world_size]
+    batches = []
+    if shard:
+        rows = render(shard, options, batch_size).iter_batches(batch_size=batch_size, batch_format="numpy")
+        batches = [ValidationBatch(collate(to_examples(batch_rows, options, seed=0, epoch=0)), padding=False)
+                   for batch_rows in rows]
+    if len(batches) < num_batches:
+        rows = next(iter(render(records[:1], options, 1).iter_batches(batch_size=1, batch_format="numpy")))
+        filler = ValidationBatch(collate(to_examples(rows, options, seed=0, epoch=0)), padding=True)
+        batches += [filler] * (num_batches - len(batches))
+    return batches

@@ -8,6 +8,9 @@ reporting as it goes, until `max_steps` or a stop request. `ray_jobs/train.py` w
 The loss of a step is the mean over every summary token of the step, across micro-batches and
 workers (`num_items_in_batch`), so 2 workers with batch b train exactly like 1 worker with
 batch 2b, and the reported loss does not depend on how the batch was split.
+
+Documents over `max_pages` pages follow `long_documents` (skip, truncate or error), decided once
+from page counts before anything renders; the counts go into every metrics record.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.distributed as dist
 from deepsynth.data.augment import AugmentConfig
 from deepsynth.data.collate import Batch, SummaryCollator
 from deepsynth.data.datasets import load_records
+from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.checkpoint import (
     load_trained_weights,
     restore_rng_state,
@@ -38,9 +42,9 @@ from deepsynth.training.checkpoint import (
 )
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.control import StopPoller
-from deepsynth.training.data import PageBatches, PageOptions, validation_batches
+from deepsynth.training.data import PageBatches, PageOptions, ValidationBatch, select_documents, validation_batches
 from deepsynth.training.modes import load_for_training, prepare_trainable, trainable_share
-from deepsynth.training.strategy import DDPStrategy, DeepSpeedStrategy, Strategy
+from deepsynth.training.strategy import DDPStrategy, DeepSpeedStrategy, Strategy, deepspeed_config
 from deepsynth.training.telemetry import MetricsLog, peak_memory_mb
 
 
@@ -71,6 +75,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.max_steps))
     strategy = make_strategy(config, model, optimizer, scheduler, amp_dtype)
+    _, input_dtype = placement(strategy.model)  # after the strategy: DeepSpeed casts the model to bf16/fp16
 
     start_step, position, val_loss = 0, 0, None
     if checkpoint:
@@ -81,14 +86,18 @@ def train_loop_per_worker(config_dict: dict) -> None:
         start_step, position, val_loss = state["step"], state["position"], state["val_loss"]
 
     # --- data: this worker's shard of the rendered documents ---
-    records = load_records(config.dataset, "train", config.train_limit, seed=config.seed,
-                           text_field=config.text_field, summary_field=config.summary_field)
-    val_records = load_records(config.dataset, "validation", config.val_limit, seed=config.seed,
-                               text_field=config.text_field, summary_field=config.summary_field)
     collate = SummaryCollator(family, prompt=config.prompt, max_length=config.max_length)
+    truncate = config.long_documents == "truncate"
     train_options = PageOptions(config.layout, config.max_pages, AugmentConfig() if config.augment else None,
-                                config.blank_pages)
-    val_options = PageOptions(config.layout, config.max_pages, None, config.blank_pages)
+                                config.blank_pages, truncate)
+    val_options = PageOptions(config.layout, config.max_pages, None, config.blank_pages, truncate)
+    records, train_long = select_documents(split_records(config, "train"), train_options, config.long_documents)
+    val_records, val_long = select_documents(split_records(config, "validation"), val_options, config.long_documents)
+    long_documents = {"skipped_documents": train_long.skipped, "truncated_documents": train_long.truncated,
+                      "val_skipped_documents": val_long.skipped, "val_truncated_documents": val_long.truncated}
+    if rank == 0 and any(long_documents.values()):
+        print(f"Documents over max_pages={config.max_pages} (long_documents={config.long_documents}): "
+              f"{long_documents}", flush=True)
     page_batches = PageBatches(
         records, rank=rank, world_size=world_size, batch_size=config.batch_size, seed=config.seed,
         options=train_options, collate=collate, start_micro_batch=position,
@@ -99,9 +108,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     stop = StopPoller(config.run_name)
     log = MetricsLog(log_dir(config), config.run_name, config.to_dict()) if rank == 0 else None
     if val_loss is None:
-        val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
+        val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         if log:
-            log.log(start_step, {"val_loss": val_loss, "trainable_share": trainable_share(param_table)})
+            log.log(start_step, {"val_loss": val_loss, "trainable_share": trainable_share(param_table),
+                                 **long_documents})
 
     # --- train ---
     window = Window()
@@ -115,7 +125,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         loss_sum = 0.0
         for i, batch in enumerate(micro_batches):
             with amp_context(device, amp_dtype):
-                loss = strategy.model(**to_device(batch.inputs, device), num_items_in_batch=step_tokens).loss
+                loss = strategy.model(**to_model(batch.inputs, device, input_dtype), num_items_in_batch=step_tokens).loss
             strategy.backward(loss * world_size, last_micro_batch=i == len(micro_batches) - 1)
             loss_sum += loss.item()  # a CPU-GPU sync point, once per micro-batch
         grad_norm = strategy.step()
@@ -125,10 +135,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
         stopping = all_reduce_sum(float(stop.requested()), device) > 0
         if evaluate_now:
-            val_loss = evaluate(strategy.model, val_batches, device, amp_dtype)
+            val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         metrics = {"step": step, "time": time.time(), "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
                    "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device),
-                   "trainable_parameters": param_table[-1].trainable}
+                   "trainable_parameters": param_table[-1].trainable, **long_documents}
         if log:
             log.log(step, metrics)
             if evaluate_now or step % config.log_every == 0:
@@ -168,15 +178,22 @@ def report_with_checkpoint(config: TrainConfig, step: int, metrics: dict, strate
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[Batch], device: torch.device, amp_dtype: torch.dtype | None) -> float:
-    """Mean loss per summary token over the whole validation set, across workers."""
+def evaluate(model, batches: list[ValidationBatch], device: torch.device, input_dtype: torch.dtype,
+             amp_dtype: torch.dtype | None) -> float:
+    """Mean loss per summary token over the whole validation set, across workers.
+
+    Every rank runs the same number of forward passes (DDP and ZeRO-3 run collectives in each);
+    padding batches run but their loss is left out, so the mean is over the real documents only.
+    """
     model.eval()
     loss_sum, tokens = 0.0, 0
     for batch in batches:
         with amp_context(device, amp_dtype):
             # num_items_in_batch=1 makes the model return the summed loss over the batch's tokens.
-            loss_sum += model(**to_device(batch.inputs, device), num_items_in_batch=1).loss.item()
-        tokens += batch.num_target_tokens
+            loss = model(**to_model(batch.batch.inputs, device, input_dtype), num_items_in_batch=1).loss.item()
+        if not batch.padding:
+            loss_sum += loss
+            tokens += batch.batch.num_target_tokens
     return all_reduce_sum(loss_sum, device) / max(1.0, all_reduce_sum(tokens, device))
 
 
@@ -212,13 +229,20 @@ class Window:
 
 def make_strategy(config: TrainConfig, model, optimizer, scheduler, amp_dtype) -> Strategy:
     if config.strategy == "deepspeed":
-        return DeepSpeedStrategy(model, optimizer, scheduler, zero_stage=config.zero_stage,
-                                 micro_batch_size=config.batch_size, grad_accum=config.grad_accum,
-                                 grad_clip=config.grad_clip, bf16=amp_dtype == torch.bfloat16)
+        return DeepSpeedStrategy(model, optimizer, scheduler, deepspeed_config(
+            zero_stage=config.zero_stage, micro_batch_size=config.batch_size, grad_accum=config.grad_accum,
+            grad_clip=config.grad_clip, amp_dtype=amp_dtype))
     # A 4-bit model is already placed by bitsandbytes and must not be moved again.
     move = config.mode != "qlora"
+    scaler = torch.amp.GradScaler(ray.train.torch.get_device().type) if amp_dtype == torch.float16 else None
     return DDPStrategy(model, optimizer, scheduler, config.grad_clip,
-                       prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=move))
+                       prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=move), scaler=scaler)
+
+
+def split_records(config: TrainConfig, split: str) -> list[dict]:
+    limit = config.train_limit if split == "train" else config.val_limit
+    return load_records(config.dataset, split, limit, seed=config.seed, text_field=config.text_field,
+                        summary_field=config.summary_field)
 
 
 def warmup_cosine(warmup_steps: int, max_steps: int):
@@ -232,11 +256,15 @@ def warmup_cosine(warmup_steps: int, max_steps: int):
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast where the hardware has it; None means plain fp32."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """The autocast dtype of `precision`; None means plain fp32.
+
+    `auto` is bf16 on a GPU that has it and fp32 elsewhere, never fp16: fp16 needs loss scaling,
+    which a user should choose knowingly (precision=fp16).
+    """
+    if precision == "fp32":
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -248,10 +276,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def to_device(inputs: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def all_reduce_sum(value: float, device: torch.device) -> float:

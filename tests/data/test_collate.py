@@ -5,6 +5,7 @@ import torch
 
 from deepsynth.data.collate import IGNORE_INDEX, SummaryCollator
 from deepsynth.data.render import LAYOUTS, render_pages
+from deepsynth.model.inputs import placement, to_model
 
 
 def visual_feature_count(model, inputs):
@@ -23,9 +24,9 @@ def test_image_token_count_equals_the_features_the_model_produces(tiny, corpus_e
     inputs = batch.inputs
     assert "pixel_values_local" in inputs, "the A4 page is tiled"
     image_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
-    assert image_tokens == batch.num_visual_tokens == visual_feature_count(model, inputs)
+    assert image_tokens == batch.num_visual_tokens == visual_feature_count(model, to_model(inputs, *placement(model)))
     with torch.no_grad():
-        assert torch.isfinite(model(**inputs).loss)
+        assert torch.isfinite(model(**to_model(inputs, *placement(model))).loss)
 
 
 def test_labels_cover_exactly_the_summary_and_eos(tiny, corpus_examples):

@@ -100,3 +100,35 @@ def test_deepsynth_eval_is_the_same_command(lora_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "cli.json").read_text())["documents"] == 4
     assert "rouge1" in result.stdout
+
+
+def test_evaluation_runs_in_the_checkpoints_bf16(lora_checkpoint):
+    from deepsynth.training.checkpoint import load_source
+
+    model = load_source(lora_checkpoint, None).model  # dtype="auto": what the tiny model, like the real one, stores
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
+def test_evaluation_uses_the_checkpoints_template_and_counts_long_documents(a4_checkpoint, tmp_path):
+    from deepsynth.data.corpus import generate_corpus
+    from deepsynth.data.render import LAYOUTS, count_pages
+
+    short, long = generate_corpus("test", 2)
+    long = {**long, "text": "\n".join([long["text"]] * 12)}
+    assert count_pages(long["text"], LAYOUTS["ocr2-a4"]) > 2  # the checkpoint's max_pages
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": d["text"], "summary": d["summary"]}) + "\n" for d in (short, long)))
+    common = ["--checkpoint", str(a4_checkpoint), "--dataset", str(data), "--max-new-tokens", "4"]
+
+    report = evaluate.main([*common, "--out", str(tmp_path / "trained.json")])
+    assert report["template"] == {"layout": "ocr2-a4", "max_pages": 2, "prompt": "Write the headline."}
+    assert report["long_documents"] == {"policy": "truncate", "max_pages": 2, "documents": 2, "skipped": 0,
+                                        "truncated": 1}
+    a4_tokens = 144 + 1 + 6 * 144  # the tiny model's 768 px global view and six 768 px tiles
+    assert report["visual_tokens_per_document"] == (1 + 2) * a4_tokens / 2
+
+    skipped = evaluate.main([*common, "--long-documents", "skip", "--layout", "ocr2-page",
+                             "--prompt", "Summarize the document.", "--out", str(tmp_path / "page.json")])
+    assert skipped["template"]["layout"] == "ocr2-page" and skipped["template"]["prompt"] == "Summarize the document."
+    assert skipped["documents"] == 1 and skipped["long_documents"]["skipped"] == 1
+    assert skipped["visual_tokens_per_document"] == 145

@@ -4,6 +4,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from deepsynth.data.collate import SummaryCollator
 from deepsynth.model.freezing import format_table, freeze_vision
+from deepsynth.model.inputs import placement, to_model
 
 
 def snapshot(module):
@@ -55,7 +56,7 @@ def test_training_steps_leave_the_vision_tower_bitwise_unchanged(tiny, corpus_ex
     batch = SummaryCollator(family)(corpus_examples[:2])
     model.train()
     for _ in range(3):
-        model(**batch.inputs).loss.backward()
+        model(**to_model(batch.inputs, *placement(model))).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 

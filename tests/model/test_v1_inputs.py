@@ -16,7 +16,8 @@ from PIL import Image
 from torch import nn
 
 from deepsynth.data.collate import SummaryCollator
-from deepsynth.model.families import V1_MODES, V1Family
+from deepsynth.model.families import V1Family
+from deepsynth.model.tokens import V1_MODES
 from deepsynth.model.freezing import freeze_vision
 
 

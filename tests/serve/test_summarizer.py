@@ -1,8 +1,9 @@
 """The summarization app on real Ray Serve over loopback HTTP, with the tiny model and two tiny LoRA adapters.
 
-One deployment serves the whole module (`summarizer`); a second, small one (`summarizer-strict`,
-marked slow) has a deadline shorter than its batch wait, for the timeout. Argument validation runs
-without Ray.
+One deployment serves most of the module (`summarizer`); `summarizer-a4` serves a checkpoint
+trained on A4 pages with its own prompt (its template and the context guard); a small one
+(`summarizer-strict`, marked slow) has a deadline shorter than its batch wait, for the timeout.
+Argument validation runs without Ray.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ import requests
 import torch
 from PIL import Image
 
+from deepsynth.data.collate import DEFAULT_PROMPT
 from deepsynth.data.corpus import generate_corpus
-from deepsynth.data.render import LAYOUTS, render_pages
+from deepsynth.data.render import LAYOUTS, count_pages, render_pages
+from deepsynth.evaluation.generation import GenerationOptions
 from deepsynth.model.families import Ocr2Family
 from deepsynth.model.loading import load_model_and_processor
 from deepsynth.serving.adapters import AdapterSet
 from deepsynth.serving.config import load_serve_config
 from deepsynth.serving.engine import SummaryJob, load_served_model, summarize_jobs
+from deepsynth.serving.inputs import ContextBudget
+from deepsynth.serving.schemas import ServingError
 from deepsynth.training.checkpoint import load_checkpoint, save_model_files, trained_state_dict, write_checkpoint
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.modes import prepare_trainable
@@ -156,8 +161,9 @@ def test_adapter_set_serves_a_lora_checkpoint_and_switches_adapters(adapters):
     pages = [render_pages(TEXT, LAYOUTS["ocr2-page"])]
 
     def summarize(model):
-        jobs = [SummaryJob(pages=pages[0], max_new_tokens=8, min_new_tokens=0, num_beams=1, adapter=None)]
-        return summarize_jobs(model, loaded.processor, loaded.family, jobs, config)[0][0].summary
+        jobs = [SummaryJob(pages=pages[0], options=GenerationOptions(max_new_tokens=8), prompt=DEFAULT_PROMPT,
+                           adapter=None)]
+        return summarize_jobs(model, loaded.processor, loaded.family, jobs)[0][0].summary
 
     adapter_set = AdapterSet(loaded.model, config.adapters)
     handle = adapter_set.load("beta")
@@ -438,3 +444,59 @@ def test_a_request_past_its_deadline_is_504(serve_url, tiny_model_dir):
         assert time.monotonic() - started < 5
     finally:
         serve.delete("summarizer-strict")
+
+
+# --- a checkpoint's template, and the context guard ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a4_url(serve_url, a4_checkpoint):
+    from ray import serve
+
+    from serve.summarizer import build_app
+
+    args = {"checkpoint": str(a4_checkpoint), "device": "cpu", "max_pages": 16, "max_text_chars": 100_000,
+            "max_new_tokens_limit": 32, "num_cpus": 0.5, "ingress_num_cpus": 0.25}
+    serve.run(build_app(args), name="summarizer-a4", route_prefix="/a4")
+    yield f"{serve_url}/a4"
+    serve.delete("summarizer-a4")
+
+
+def test_the_checkpoints_layout_and_prompt_are_served_without_being_passed(a4_url, family):
+    models = requests.get(f"{a4_url}/v1/models", timeout=10).json()
+    assert (models["layout"], models["prompt"]) == ("ocr2-a4", "Write the headline.")
+    response = _summarize(a4_url, json={"text": TEXT, "max_new_tokens": 4})
+    assert response.status_code == 200, response.text
+    a4 = LAYOUTS["ocr2-a4"]
+    pages = count_pages(TEXT, a4)
+    assert response.json()["usage"]["pages"] == pages
+    assert response.json()["usage"]["visual_tokens"] == pages * family.count_visual_tokens(a4.width, a4.height)
+
+
+def test_a_document_past_the_models_context_is_refused_before_rendering(a4_url, family):
+    a4 = LAYOUTS["ocr2-a4"]
+    per_page = family.count_visual_tokens(a4.width, a4.height)
+    long_text = " ".join([TEXT] * 60)
+    pages = count_pages(long_text, a4)
+    assert pages * per_page > 8192 and pages <= 16
+    started = time.monotonic()
+    response = _summarize(a4_url, json={"text": long_text})
+    assert response.status_code == 413, response.text
+    body = response.json()
+    assert body["error"] == "context_length_exceeded"
+    assert f"{pages} pages are {pages * per_page:,} visual tokens" in body["detail"] and "8,192" in body["detail"]
+    blank = Image.new("RGB", (a4.width, a4.height), "white")
+    pdf = _summarize(a4_url, files=[("file", ("long.pdf", _pdf([blank] * 9), "application/pdf"))])
+    assert pdf.status_code == 413 and pdf.json()["error"] == "context_length_exceeded", pdf.text
+    assert time.monotonic() - started < 5
+    assert requests.get(f"{a4_url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_context_budget_counts_what_the_processor_counts(tiny):
+    _, processor, family = tiny
+    page = render_pages(TEXT, LAYOUTS["ocr2-page"])[0]
+    inputs = processor(images=[page, page], text="<image>\n<image>\nSummarize.", return_tensors="pt")
+    exact = inputs["input_ids"].shape[1]
+    ContextBudget(family, exact + 5).check([page.size] * 2, "Summarize.", max_new_tokens=5)
+    with pytest.raises(ServingError, match="more than the model's"):
+        ContextBudget(family, exact + 5).check([page.size] * 2, "Summarize.", max_new_tokens=6)

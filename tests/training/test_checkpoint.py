@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from deepsynth.data.collate import SummaryCollator
+from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.checkpoint import (
     load_checkpoint,
     read_meta,
@@ -46,9 +47,10 @@ def test_checkpoint_loads_to_the_same_logits(tiny, tiny_model_dir, corpus_exampl
     assert json.loads((path / "meta.json").read_text())["base_model"] == str(tiny_model_dir)
     batch = SummaryCollator(family)(corpus_examples[:2])
     model.eval()
-    loaded, _, _ = load_checkpoint(path)
+    loaded = load_checkpoint(path).model
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch.inputs).logits, model(**batch.inputs).logits)
+        inputs = to_model(batch.inputs, *placement(model))
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
 
 
 def test_not_a_checkpoint_says_so(tmp_path):

@@ -79,7 +79,7 @@ def test_lora_checkpoint_changes_only_the_adapter(smoke, tiny_model_dir):
     _, summary = smoke
     base, _, _ = load_model_and_processor(str(tiny_model_dir))
     base_state = {n: p.detach().clone() for n, p in base.named_parameters()}
-    model, _, _ = load_checkpoint(summary["latest_checkpoint"])
+    model = load_checkpoint(summary["latest_checkpoint"]).model
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "the adapter trained"
     assert not any("vision_tower" in n for n in lora), "no adapter on the vision tower"
@@ -103,7 +103,7 @@ def test_full_mode_trains_the_decoder_and_keeps_the_vision_tower(ray_cluster, ti
     summary = run(tmp_path, tiny_model_dir, "run_name=full", "mode=full", "num_workers=1", "max_steps=2",
                   "eval_every=2", "lr=1e-3")
     base, _, _ = load_model_and_processor(str(tiny_model_dir))
-    model, _, _ = load_checkpoint(summary["latest_checkpoint"])
+    model = load_checkpoint(summary["latest_checkpoint"]).model
     for name, tensor in vision_tensors(base).items():
         assert torch.equal(dict(model.named_parameters())[name], tensor), f"vision tensor {name} changed"
     base_decoder = dict(base.model.language_model.named_parameters())
@@ -182,7 +182,7 @@ def test_deepspeed_zero_trains_checkpoints_and_resumes(ray_cluster, tiny_model_d
     assert sorted(steps) == [1, 2, 3, 4], "resumed at step 3, nothing repeated"
     assert all(math.isfinite(row["loss"]) for row in steps.values())
     # The gathered weights load back as a whole model (under ZeRO-3 each rank held only a shard).
-    model, _, _ = load_checkpoint(second["latest_checkpoint"])
+    model = load_checkpoint(second["latest_checkpoint"]).model
     with torch.no_grad():
         assert all(torch.isfinite(p).all() for p in model.parameters())
 
