@@ -35,6 +35,7 @@ import psutil
 import requests
 import yaml
 
+from deepsynth.dashboard import DashboardNotReady, wait_for_dashboard
 from deepsynth.data.corpus import generate_corpus
 
 BIN = Path(sys.executable).parent
@@ -127,7 +128,11 @@ def start_cluster(config: DemoConfig, out: Path, env: dict[str, str]) -> subproc
          "--num-cpus", str(max(os.cpu_count() or 1, 6)), "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    wait_for(f"http://127.0.0.1:{config.dashboard_port}/api/version", head, out / "demo" / "ray-head.log")
+    try:
+        wait_for_dashboard(f"http://127.0.0.1:{config.dashboard_port}", token=env["RAY_AUTH_TOKEN"],
+                           check_alive=lambda: check_head(head, Path(log.name)))
+    except DashboardNotReady as err:
+        sys.exit(f"demo: error: {err}")
     return head
 
 
@@ -147,12 +152,16 @@ def stop_cluster(head: subprocess.Popen, port: int) -> None:
         pointer.unlink()
 
 
+def check_head(head: subprocess.Popen, log: Path) -> None:
+    if head.poll() is not None:
+        sys.exit(f"demo: error: the Ray head exited (code {head.returncode}); see {log}")
+
+
 def wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 180,
              headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if head.poll() is not None:
-            sys.exit(f"demo: error: the Ray head exited (code {head.returncode}); see {log}")
+        check_head(head, log)
         try:
             if requests.get(url, timeout=2, headers=headers).status_code in (200, 401):
                 return
