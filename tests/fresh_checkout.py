@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,14 @@ from pathlib import Path
 
 import psutil
 
+from ray_jobs.demo import port_taken
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ports_in_use(ports: dict[int, str]) -> list[str]:
-    """The ports of `ports` (port -> what uses it) that something on this machine already listens on."""
-    taken = []
-    for port, what in ports.items():
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                taken.append(f"{port} ({what})")
-    return taken
+    """The ports of `ports` (port -> what uses it) that a process on this machine listens on, on any address."""
+    return [f"{port} ({what})" for port, what in ports.items() if port_taken(port)]
 
 
 @dataclass
@@ -93,13 +89,21 @@ class FreshCheckout:
 
     def stop_processes(self) -> None:
         """Kill every process of the Ray clusters the commands started: those whose command line names our temp dir."""
-        marker = str(self.ray_tmp)
-        for _ in range(2):
-            ours = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-            for process in ours:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(ours, timeout=10)
+        kill_processes_mentioning(str(self.ray_tmp))
+
+    def remove_ray_tmp(self) -> None:
+        """Delete the clusters' temp dir (sessions and logs), once nothing runs from it."""
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def kill_processes_mentioning(marker: str) -> None:
+    """Kill the processes whose command line contains `marker` (a cluster's own temp dir), twice for late starters."""
+    for _ in range(2):
+        found = [p for p in psutil.process_iter(["cmdline"])
+                 if marker in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+        for process in found:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(found, timeout=10)

@@ -26,6 +26,7 @@ MODES = ("demo", "local", "local serve")
 DEMO_PORTS = {6379: "the demo's Ray GCS", 8265: "the Ray dashboard", 8000: "Ray Serve HTTP",
               52365: "Ray's dashboard agent", 10001: "Ray's client server"}
 BLOCK_TIMEOUT_S = 1500
+PORT_WAIT_S = 300
 # The shell every block runs in: stop at the first failing command and say which one it was.
 PRELUDE = "set -o pipefail\ntrap 'echo \"README command failed (exit $?): $BASH_COMMAND\" >&2' ERR\n"
 
@@ -104,7 +105,7 @@ def run_block(checkout: FreshCheckout, block: Block, logs: Path) -> None:
     log = logs / f"readme-{block.line}.log"
     code = checkout.shell(PRELUDE + block.text, log, BLOCK_TIMEOUT_S)
     assert code == 0, f"{block.where()} failed (exit {code}):\n{block.text}\n--- its output, last lines:\n" \
-                      f"{log.read_text()[-6000:]}"
+                      f"{log.read_text()[-6000:]}\n--- Ray's logs: {checkout.ray_tmp}/ray/session_latest/logs"
 
 
 def run_serving_block(checkout: FreshCheckout, block: Block, logs: Path) -> None:
@@ -137,9 +138,12 @@ def stop_demo_cluster(checkout: FreshCheckout) -> None:
 
 @pytest.mark.slow  # about 20 minutes on 2 busy cores: the demo, a training run, a sweep, serving, jobs
 def test_every_readme_command_runs_as_written_on_a_fresh_checkout(tmp_path):
-    taken = ports_in_use(DEMO_PORTS)
+    deadline = time.monotonic() + PORT_WAIT_S
+    while (taken := ports_in_use(DEMO_PORTS)) and time.monotonic() < deadline:
+        time.sleep(5)  # often another test's short-lived cluster
     if taken:
-        pytest.skip(f"the README's commands use fixed ports, and these are taken: {', '.join(taken)}")
+        pytest.skip(f"the README's commands use fixed ports, and these stayed taken for {PORT_WAIT_S} s: "
+                    f"{', '.join(taken)}")
     blocks = readme_blocks((ROOT / "README.md").read_text())
     checkout = FreshCheckout.create(tmp_path)
     write_user_documents(checkout.root)
@@ -161,3 +165,4 @@ def test_every_readme_command_runs_as_written_on_a_fresh_checkout(tmp_path):
     print(f"ran the blocks at README.md lines {ran}; skipped {len(skipped)}: {skipped}")
     assert (checkout.root / "exports" / "smoke" / "adapter_config.json").exists()
     assert (checkout.root / ".deepsynth" / "runs" / "cpu-rank-sweep" / "results.csv").exists()
+    checkout.remove_ray_tmp()  # kept when a command failed: Ray's logs are in it

@@ -114,3 +114,4 @@ def test_the_shipped_cpu_sweep_finishes_on_the_embedded_cluster_the_readme_comma
     assert sorted(int(r["rank"]) for r in rows) == [4, 8, 16]
     assert all(r["status"] in ("done", "stopped early") for r in rows), rows
     assert any(r["status"] == "done" and r["checkpoint"] for r in rows)
+    checkout.remove_ray_tmp()
