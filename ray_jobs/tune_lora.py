@@ -46,8 +46,8 @@ def trial_cpus(base: TrainConfig) -> float:
     Of the two ways to keep Ray Data's render tasks from waiting forever behind the workers (count
     them here, or give them a fractional or zero CPU request), this follows Ray's guidance for Ray
     Data under Tune: leave CPUs free by limiting concurrent trials. A render task then holds a real
-    CPU while it runs, so on a small machine the trials queue rather than oversubscribe the cores,
-    and the training input pipeline is the same under Tune as in a plain run.
+    CPU while it runs, as in a plain training run, so the input pipeline behaves the same under Tune;
+    a zero-CPU request would let Ray start render tasks without bound on cores the workers use.
     """
     return TRIAL_CPUS + run_cpus(base)
 
