@@ -4,8 +4,9 @@ The HTML comment before each fenced block says how it runs (README.md, "Tests", 
 `demo` blocks while the demo's cluster is up (the first one, `make demo`, starts it), `local` blocks
 after the test has stopped that cluster, `local serve` blocks with their first command serving in
 the background, and `skip <reason>` blocks not at all. Commands keep the README's fixed ports
-(6379, 8265, 8000), so the test skips when something else holds them; it never stops anything it
-did not start. A failing command names itself in the block's log, which the failure message shows.
+(6379, 8265, 8000, and Ray's 52365 and 10001), so when something else holds one the test waits up
+to 5 minutes, then skips; it never stops anything it did not start. A failing command names
+itself in the block's log, which the failure message shows.
 """
 
 from __future__ import annotations
