@@ -31,6 +31,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ import psutil
 import requests
 import yaml
 
+from deepsynth.dashboard import DashboardNotReady, wait_for_dashboard
 from deepsynth.data.corpus import generate_corpus
 
 BIN = Path(sys.executable).parent
@@ -122,14 +124,26 @@ def ray_token(env: dict[str, str]) -> str:
                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
 
 
+def port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME-WAIT is no owner
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def start_cluster(config: DemoConfig, out: Path, env: dict[str, str]) -> subprocess.Popen:
     """`ray start --head --block`, detached: the cluster outlives this process until `ray stop`."""
-    try:
-        requests.get(f"http://127.0.0.1:{config.dashboard_port}", timeout=2)
-        sys.exit(f"demo: error: something already listens on port {config.dashboard_port} (a demo left running?). "
-                 "Stop it with `ray stop`, or pass --ray-port, --dashboard-port, --serve-port and --agent-port.")
-    except requests.RequestException:
-        pass
+    # Checked on every address: Ray's dashboard agent binds the machine's IP, not loopback, and when
+    # its port is taken Ray Jobs fail only at the first submission.
+    ports = {"--ray-port": config.ray_port, "--dashboard-port": config.dashboard_port,
+             "--serve-port": config.serve_port, "--agent-port": config.agent_port}
+    taken = [f"{port} ({flag})" for flag, port in ports.items() if port_taken(port)]
+    if taken:
+        sys.exit(f"demo: error: another process holds port {', '.join(taken)} (a demo or another Ray instance "
+                 "left running?). Stop it (`ray stop` stops every Ray instance of this machine), or pass that flag.")
     log = (out / "demo" / "ray-head.log").open("w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(config.ray_port),
@@ -138,7 +152,11 @@ def start_cluster(config: DemoConfig, out: Path, env: dict[str, str]) -> subproc
          "--num-cpus", str(max(os.cpu_count() or 1, 6)), "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    wait_for(f"http://127.0.0.1:{config.dashboard_port}/api/version", head, out / "demo" / "ray-head.log")
+    try:
+        wait_for_dashboard(f"http://127.0.0.1:{config.dashboard_port}", token=env["RAY_AUTH_TOKEN"],
+                           check_alive=lambda: check_head(head, Path(log.name)))
+    except DashboardNotReady as err:
+        sys.exit(f"demo: error: {err}")
     return head
 
 
@@ -158,12 +176,16 @@ def stop_cluster(head: subprocess.Popen, port: int) -> None:
         pointer.unlink()
 
 
+def check_head(head: subprocess.Popen, log: Path) -> None:
+    if head.poll() is not None:
+        sys.exit(f"demo: error: the Ray head exited (code {head.returncode}); see {log}")
+
+
 def wait_for(url: str, head: subprocess.Popen, log: Path, timeout_s: float = 180,
              headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if head.poll() is not None:
-            sys.exit(f"demo: error: the Ray head exited (code {head.returncode}); see {log}")
+        check_head(head, log)
         try:
             if requests.get(url, timeout=2, headers=headers).status_code in (200, 401):
                 return

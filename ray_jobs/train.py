@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -91,15 +92,28 @@ def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTr
     )
 
 
-def start_ray(config: TrainConfig) -> None:
+# Each Ray Data task that renders pages asks for one CPU (map_batches' default) and runs outside the
+# workers' placement group, so a run whose workers hold every CPU never gets its first batch.
+DATA_TASK_CPUS = 1.0
+
+
+def run_cpus(config: TrainConfig) -> float:
+    """Logical CPUs a training run needs at once: its workers' and one for a page-rendering task."""
+    return config.num_workers * config.cpus_per_worker + DATA_TASK_CPUS
+
+
+def start_ray(num_cpus: float) -> None:
+    """Join the cluster at RAY_ADDRESS, or start an embedded one with at least `num_cpus` logical CPUs.
+
+    The embedded cluster is always a new one (`address="local"`), even when a `ray start` cluster,
+    such as the demo's, runs on this machine: without an address the README promises an embedded run.
+    """
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    # An embedded cluster: leave CPUs beyond the workers' for the Ray Data tasks that render pages.
-    needed = config.num_workers * config.cpus_per_worker + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed)))
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)))
 
 
 def listen_for_stop(run_name: str):
@@ -129,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"train: error: {err}")
 
-    start_ray(config)
+    # A second rendering task in flight keeps the prefetched batches ahead of the step.
+    start_ray(run_cpus(config) + DATA_TASK_CPUS)
     stop, previous_handlers = listen_for_stop(config.run_name)
     try:
         result = build_trainer(config).fit()

@@ -29,22 +29,42 @@ from deepsynth.data.datasets import load_records
 from deepsynth.data.render import get_layout, render_pages
 from deepsynth.evaluation.generation import generate_summaries
 from deepsynth.evaluation.metrics import rouge_scores
+from deepsynth.model.tiny import build_tiny_model
 from deepsynth.training.checkpoint import load_checkpoint
 from deepsynth.training.config import TrainConfig, config_from_dict, load_config
 from deepsynth.training.sweep import load_sweep
-from ray_jobs.train import build_trainer, check_lora_targets, resolve_paths, start_ray
+from ray_jobs.train import DATA_TASK_CPUS, build_trainer, check_lora_targets, resolve_paths, run_cpus, start_ray
+
+
+# A trial only drives its Ray Train run, so it holds a sliver of a CPU; the workers hold the rest.
+TRIAL_CPUS = 0.1
+
+
+def trial_cpus(base: TrainConfig) -> float:
+    """Logical CPUs one trial holds at once: its driver, its train workers and one page-rendering task.
+
+    Of the two ways to keep Ray Data's render tasks from waiting forever behind the workers (count
+    them here, or give them a fractional or zero CPU request), this follows Ray's guidance for Ray
+    Data under Tune: leave CPUs free by limiting concurrent trials. A render task then holds a real
+    CPU while it runs, as in a plain training run, so the input pipeline behaves the same under Tune;
+    a zero-CPU request would let Ray start render tasks without bound on cores the workers use.
+    """
+    return TRIAL_CPUS + run_cpus(base)
 
 
 def concurrent_trials(base: TrainConfig, requested: int, resources: dict[str, float]) -> int:
-    """As many trials as the cluster's GPUs (or CPUs) can hold at once, at most `requested`."""
+    """As many trials as the cluster's GPUs and CPUs can hold at once, at most `requested`."""
+    needed = trial_cpus(base)
+    capacity = int(resources.get("CPU", 0) // needed)
     if base.use_gpu:
-        capacity = int(resources.get("GPU", 0) // base.num_workers)
-    else:
-        capacity = int(resources.get("CPU", 0) // (base.num_workers * base.cpus_per_worker))
+        capacity = min(capacity, int(resources.get("GPU", 0) // base.num_workers))
     if capacity < 1:
         raise ValueError(
-            f"The cluster ({resources.get('GPU', 0)} GPUs, {resources.get('CPU', 0)} CPUs) cannot hold one trial of "
-            f"{base.num_workers} workers; lower num_workers in the sweep's overrides."
+            f"The cluster ({resources.get('GPU', 0):g} GPUs, {resources.get('CPU', 0):g} CPUs) cannot hold one trial: "
+            f"{base.num_workers} workers x {base.cpus_per_worker:g} CPUs (cpus_per_worker)"
+            f"{' and 1 GPU each' if base.use_gpu else ''}, plus {DATA_TASK_CPUS:g} CPU for its page rendering and "
+            f"{TRIAL_CPUS:g} for the trial, {needed:g} CPUs in all. Lower num_workers or cpus_per_worker in the "
+            "sweep's overrides, or add CPUs (and GPUs) to the cluster."
         )
     return min(requested, capacity)
 
@@ -95,19 +115,22 @@ def main(argv: list[str] | None = None) -> dict:
         sweep = load_sweep(args.config)
         base = resolve_paths(load_config(sweep.base_config, [f"{k}={json.dumps(v)}" for k, v in sweep.overrides.items()]))
         trials = [config_from_dict({**asdict(base), **trial}) for trial in sweep.trials()]
+        # Built first: on a fresh clone the LoRA targets can only be checked against the built model.
+        if base.build_tiny_model and not (Path(base.model) / "config.json").exists():
+            build_tiny_model(base.model)
         for trial in trials:
             check_lora_targets(trial)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"tune_lora: error: {err}")
-    if base.build_tiny_model and not (Path(base.model) / "config.json").exists():
-        from deepsynth.model.tiny import build_tiny_model
 
-        build_tiny_model(base.model)
-
-    start_ray(base)
+    # An embedded cluster holds the trials the sweep asks for at once; an explicit one holds what it holds.
+    start_ray(sweep.max_concurrent_trials * trial_cpus(base))
+    try:
+        concurrency = concurrent_trials(base, sweep.max_concurrent_trials, ray.cluster_resources())
+    except ValueError as err:
+        sys.exit(f"tune_lora: error: {err}")
     path = f"{base.storage_path}/{sweep.sweep_name}"
-    # A trial only drives its Ray Train run, so it holds a sliver of a CPU; the workers hold the rest.
-    trainable = tune.with_resources(run_trial, {"cpu": 0.1})
+    trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             tune_config=tune.TuneConfig(
                 scheduler=ASHAScheduler(metric="val_loss", mode="min", time_attr="step", max_t=base.max_steps + 1,
                                         grace_period=sweep.grace_period),
-                max_concurrent_trials=concurrent_trials(base, sweep.max_concurrent_trials, ray.cluster_resources()),
+                max_concurrent_trials=concurrency,
                 trial_dirname_creator=lambda trial: trial.config["train"]["run_name"],
             ),
             run_config=tune.RunConfig(name=sweep.sweep_name, storage_path=base.storage_path),

@@ -10,8 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-import psutil
 import yaml
+from fresh_checkout import kill_processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_FILES = ("cluster.yaml", "deploy/cluster-gcp.yaml")
@@ -87,11 +87,4 @@ def kill_cluster(process: subprocess.Popen, marker: str) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-    for _ in range(2):
-        leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        for p in leftovers:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(leftovers, timeout=10)
+    kill_processes_mentioning(marker)

@@ -23,6 +23,8 @@ import yaml
 from conftest import free_port
 from deploy_files import kill_cluster, load_yaml
 
+from deepsynth.dashboard import wait_for_dashboard
+
 RAY = str(Path(sys.executable).parent / "ray")
 SERVE = str(Path(sys.executable).parent / "serve")
 
@@ -57,7 +59,8 @@ def deployed(tiny_model_dir, tmp_path_factory):
     )
     try:
         dashboard = f"http://127.0.0.1:{dashboard_port}"
-        _wait_for(lambda: requests.get(f"{dashboard}/api/version", headers=_auth(token), timeout=2).ok, head, log, 90)
+        # Not only /api/version: `serve deploy` right after it once had its connection dropped.
+        wait_for_dashboard(dashboard, token=token, timeout_s=120, check_alive=lambda: _check_head(head, log))
         config = load_yaml("serve/config.yaml")
         config["http_options"].update(host="127.0.0.1", port=http_port)
         config_file = state / "config.yaml"
@@ -76,11 +79,15 @@ def _auth(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _check_head(head: subprocess.Popen, log: Path) -> None:
+    assert head.poll() is None, f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}"
+
+
 def _wait_for(check, head: subprocess.Popen, log: Path, timeout: float) -> None:
     """Poll `check` until it is true; fail at once if the head died, with the end of its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert head.poll() is None, f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}"
+        _check_head(head, log)
         try:
             if check():
                 return

@@ -26,6 +26,8 @@ import pytest
 import requests
 import yaml
 
+from deepsynth.dashboard import wait_for_dashboard
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -66,9 +68,8 @@ class Head:
              # Ray's fixed default agent port may be held by the session's cluster.
              "--dashboard-agent-listen-port", str(self.agent_port), "--disable-usage-stats"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: requests.get(f"{self.dashboard_url}/api/version", timeout=5,
-                                      headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}),
-                 lambda r: r.status_code == 200, 120, "the Ray dashboard")
+        # Its Serve and Jobs modules too: `serve deploy` right after /api/version can have its connection dropped.
+        wait_for_dashboard(self.dashboard_url, token=env["RAY_AUTH_TOKEN"], timeout_s=120)
 
     @property
     def dashboard_url(self) -> str:
