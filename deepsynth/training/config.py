@@ -21,6 +21,7 @@ import yaml
 
 from deepsynth.data.collate import DEFAULT_PROMPT
 from deepsynth.data.render import get_layout
+from deepsynth.logs import LOG_FORMATS
 from deepsynth.model.loading import DEFAULT_MODEL, resolve_dtype
 
 MODES = ("full", "lora", "qlora")
@@ -112,6 +113,8 @@ class TrainConfig:
     """Steps between validation losses; each one also writes a checkpoint."""
     log_every: int = 10
     """Steps between metric reports."""
+    log_format: str = "text"
+    """text, or json: one JSON object per log line, from Ray's JSON logging (docs/observability.md)."""
     keep_checkpoints: int = 3
     """Checkpoints to keep, ranked by val loss; Ray Train also keeps the latest."""
 
@@ -133,6 +136,7 @@ class TrainConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("log_format", self.log_format, LOG_FORMATS)
         resolve_dtype(self.dtype)  # raises naming dtype and its choices
         try:
             get_layout(self.layout)
