@@ -1,22 +1,20 @@
 """What operators see of the summarizer: its JSON log records and its Prometheus metrics.
 
 One small deployment with `log_format=json` and one LoRA adapter serves the module on the shared
-Ray cluster; the tests read the replicas' log files through Ray's state API and scrape the node's
+Ray cluster; the tests read the replicas' log files in the session's logs/ folder and scrape the node's
 metrics endpoint (Ray's metrics agent), as Prometheus would.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
+from pathlib import Path
 
 import pytest
-import ray
 import requests
 import torch
-from ray.util.state import get_log, list_actors
-from ray.util.state.exception import RayStateApiException
+from metrics_endpoint import dashboard_metric_names, scrape_cluster
 
 from deepsynth.data.corpus import generate_corpus
 from deepsynth.model.loading import load_model_and_processor
@@ -30,40 +28,10 @@ SUMMARIZER_METRICS = ["deepsynth_summarizer_requests", "deepsynth_summarizer_lat
                       "deepsynth_summarizer_documents", "deepsynth_summarizer_generate_calls",
                       "deepsynth_summarizer_batch_size", "deepsynth_summarizer_queue_wait_s",
                       "deepsynth_summarizer_generate_s"]
-SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
-
-
-def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample on a Prometheus text endpoint."""
-    samples = []
-    for line in requests.get(url, timeout=10).text.splitlines():
-        match = SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
-            samples.append((match["name"], labels, float(match["value"])))
-    return samples
-
-
-def metrics_urls() -> list[str]:
-    return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-            for node in ray.nodes() if node["Alive"]]
-
-
-def replica_records(gcs_address: str, deployment: str, replica: str) -> list[str]:
-    """Every line of a replica's log file (`logs/serve/replica_<app>_<deployment>_<replica id>.log`)."""
-    node_id = next(actor["node_id"] for actor in list_actors(address=gcs_address, filters=[
-        ("class_name", "=", f"ServeReplica:{APP}:{deployment}"), ("state", "=", "ALIVE")]))
-    # The node's dashboard agent may still be registering right after the cluster started.
-    deadline = time.time() + 60
-    while True:
-        try:
-            text = "".join(get_log(address=gcs_address, node_id=node_id,
-                                   filename=f"serve/replica_{APP}_{deployment}_{replica}.log"))
-            return [line for line in text.splitlines() if line.strip()]
-        except RayStateApiException:
-            if time.time() > deadline:
-                raise
-            time.sleep(2)
+def replica_records(logs_dir: Path, deployment: str, replica: str) -> list[dict]:
+    """Every line of a replica's log file, parsed as JSON (fails on any line that is not)."""
+    text = (logs_dir / "serve" / f"replica_{APP}_{deployment}_{replica}.log").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +70,7 @@ def served(serve_url, tiny_model_dir, adapter):
 
 def test_replica_logs_are_json_records_with_request_id_and_adapter(served, serve_url, ray_cluster):
     replicas = requests.get(f"{serve_url}/{APP}/v1/stats", timeout=30).json()  # names the replicas' log files
-    ingress_lines = replica_records(ray_cluster.gcs_address, "SummarizerIngress", replicas["ingress"]["replica"])
-    assert ingress_lines
-    records = [json.loads(line) for line in ingress_lines]  # fails on any line that is not JSON
+    records = replica_records(ray_cluster.logs_dir, "SummarizerIngress", replicas["ingress"]["replica"])
     for record in records:
         assert {"asctime", "levelname", "message", "deployment", "replica"} <= record.keys(), record
     by_request = {r.get("request_id"): r for r in records if r["message"].startswith("summarize ")}
@@ -114,8 +80,7 @@ def test_replica_logs_are_json_records_with_request_id_and_adapter(served, serve
         assert record["adapter"] == adapter and record["status"] == served[case].status_code, record
         assert record["application"] == APP and record["route"] == f"/{APP}/v1/summarize"
 
-    model_records = [json.loads(line) for line in replica_records(ray_cluster.gcs_address, "SummarizerModel",
-                                                                     replicas["model"]["replica"])]
+    model_records = replica_records(ray_cluster.logs_dir, "SummarizerModel", replicas["model"]["replica"])
     batches = [r for r in model_records if r["message"].startswith("generated ")]
     assert {r["adapter"] for r in batches} == {"", "legal"}, batches
 
@@ -124,9 +89,8 @@ def test_prometheus_endpoint_has_the_summarizer_metrics_per_adapter(served):
     # Ray's metrics agent exports on its own schedule (seconds); wait for it within a deadline.
     deadline, seen = time.time() + 90, {}
     while time.time() < deadline:
-        samples = [s for url in metrics_urls() for s in scrape(url) if "deepsynth_summarizer" in s[0]]
-        seen = {(name, labels.get("adapter"), labels.get("status")): value for name, labels, value in samples
-                if labels.get("application", APP) == APP}
+        samples = [s for s in scrape_cluster() if "deepsynth_summarizer" in s[0]]
+        seen = {(name, labels.get("adapter"), labels.get("status")): value for name, labels, value in samples}
         nonzero = {name for (name, _, _), value in seen.items() if value > 0}
         if all(any(n.startswith("ray_" + metric) for n in nonzero) for metric in SUMMARIZER_METRICS):
             break
@@ -137,6 +101,9 @@ def test_prometheus_endpoint_has_the_summarizer_metrics_per_adapter(served):
             (metric, sorted(names))
     requests_total = {(a, s): v for (n, a, s), v in seen.items() if n.startswith("ray_deepsynth_summarizer_requests")}
     assert requests_total[("", "200")] >= 1 and requests_total[("legal", "200")] >= 1
-    assert requests_total[("", "404")] >= 1, "an unknown adapter's name never becomes a label"
+    assert requests_total[("", "404")] >= 1
+    assert not any(adapter == "nope" for _, adapter, _ in seen), "a client's unknown adapter never becomes a label"
     documents = {a: v for (n, a, _), v in seen.items() if n.startswith("ray_deepsynth_summarizer_documents")}
     assert documents["legal"] >= 1 and documents[""] >= 1
+    dashboard = {name for name in dashboard_metric_names() if name.startswith("ray_deepsynth_summarizer")}
+    assert dashboard and dashboard <= names, f"the dashboard queries names Ray does not export: {dashboard - names}"

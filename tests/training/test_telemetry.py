@@ -9,15 +9,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from metrics_endpoint import dashboard_metric_names, scrape_cluster
 
 from deepsynth.training.telemetry import (
     MLFLOW_CHECKPOINT_TAG,
     MLFLOW_RUN_TAG,
+    TRAIN_GAUGES,
+    TrainGauges,
     gpu_stats,
     tracking_env,
     tracking_run_id,
@@ -161,8 +165,6 @@ def test_gpu_fields_report_allocator_memory_and_utilisation():
 
 def test_json_logs_of_a_training_job(ray_cluster, tiny_model_dir, tmp_path):
     """Every line the driver writes is a JSON record; the workers' records carry run name, rank and step."""
-    from ray.util.state import get_log, list_logs
-
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, f"storage_path={tmp_path}",
                f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1", "max_steps=2", "eval_every=2",
                "log_every=1", "run_name=json-logs", "log_format=json"]
@@ -184,13 +186,36 @@ def test_json_logs_of_a_training_job(ray_cluster, tiny_model_dir, tmp_path):
     # not copied to the driver, where Ray would prefix each line with the worker's pid.
     job_id = ours[-1]["job_id"]
     steps = []
-    for node in [node for node in ray.nodes() if node["Alive"]]:
-        found = list_logs(address=ray_cluster.gcs_address, node_id=node["NodeID"], glob_filter="train/ray-train-app-worker-*")
-        for name in [name for names in found.values() for name in names]:
-            text = "".join(get_log(address=ray_cluster.gcs_address, filename=name, node_id=node["NodeID"]))
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-            steps += [r for r in records if r["job_id"] == job_id and "step" in r]
+    for path in (ray_cluster.logs_dir / "train").glob("ray-train-app-worker-*.log"):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steps += [r for r in records if r["job_id"] == job_id and "step" in r]
     assert sorted(r["step"] for r in steps) == [1, 2], steps
     for record in steps:
         assert record["run_name"] == "json-logs" and record["rank"] == 0 and record["world_rank"] == 0
         assert record["message"].startswith(f"step {record['step']}/2") and record["metrics"]["loss"] > 0
+
+
+def test_training_gauges_reach_the_metrics_endpoint_and_cpu_workers_export_no_gpu_series(ray_cluster):
+    @ray.remote(num_cpus=0)
+    class Worker:
+        """Stands in for a training worker: the gauges live as long as the worker process."""
+
+        def __init__(self):
+            self.gauges = TrainGauges("gauges-test", rank=1)
+
+        def report(self, metrics):
+            self.gauges.set({**metrics, **gpu_stats(torch.device("cpu"))})
+
+    worker = Worker.remote()
+    report = {"step": 7, "loss": 2.5, "val_loss": 2.75, "samples_per_s": 12.0, "tokens_per_s": 3400.0,
+              "data_wait_share": 0.25, "peak_memory_mb": 812.0}
+    ray.get(worker.report.remote(report))
+    wanted = {TRAIN_GAUGES[key][0]: value for key, value in report.items()}
+    deadline, seen = time.time() + 90, {}
+    while time.time() < deadline and set(seen) != set(wanted):
+        seen = {name.removeprefix("ray_"): value for name, labels, value in scrape_cluster()
+                if labels.get("run") == "gauges-test" and labels.get("rank") == "1"}
+        time.sleep(2)
+    ray.kill(worker)
+    assert seen == wanted, "the exported gauges are exactly the report's, with no GPU series on CPU"
+    assert {f"ray_{name}" for name in wanted} <= dashboard_metric_names()
