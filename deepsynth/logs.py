@@ -55,10 +55,12 @@ def ray_init_logging(log_format: str) -> dict[str, Any]:
             "log_to_driver": False}
 
 
-def serve_logging_config(log_format: str) -> dict[str, Any]:
-    """A Serve deployment's `logging_config` (Serve's LoggingConfig schema as a dict)."""
-    encoding = "JSON" if check_log_format(log_format) == "json" else "TEXT"
-    return {"encoding": encoding, "log_level": "INFO", "additional_log_standard_attrs": EXTRA_STANDARD_ATTRS}
+def serve_logging_config(log_format: str) -> dict[str, Any] | None:
+    """A Serve deployment's `logging_config`: Serve's JSON encoding for json; None for text, which keeps
+    Serve's default or the `logging_config` of the Serve config file."""
+    if check_log_format(log_format) == "text":
+        return None
+    return {"encoding": "JSON", "log_level": "INFO", "additional_log_standard_attrs": EXTRA_STANDARD_ATTRS}
 
 
 def configure_logging(log_format: str, secrets: frozenset[str] | None = None, **fields: Any) -> logging.Logger:
