@@ -38,11 +38,12 @@ from deepsynth.data.prepared import (
     summarize_stats,
     write_manifest,
 )
+from deepsynth.logs import LOG_FORMATS, configure_logging, logger, ray_init_logging
 
 STAT_COLUMNS = ["id", "num_pages", "text_tokens", "visual_tokens", "ratio"]
 
 
-def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str]:
+def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str, str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = {f.name: f.default for f in dataclasses.fields(PrepareConfig)}
     parser.add_argument("--name", required=True, help="folder name under <output>/datasets/")
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str]:
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--rows-per-shard", type=int, default=defaults["rows_per_shard"])
     parser.add_argument("--output", help="root folder or URI (default: $DEEPSYNTH_STORAGE or .deepsynth)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
     args = parser.parse_args(argv)
     try:
         config = PrepareConfig(
@@ -71,7 +73,7 @@ def parse_args(argv: list[str] | None) -> tuple[PrepareConfig, str]:
         )
     except ValueError as err:
         parser.error(str(err))
-    return config, args.output or os.environ.get("DEEPSYNTH_STORAGE") or ".deepsynth"
+    return config, args.output or os.environ.get("DEEPSYNTH_STORAGE") or ".deepsynth", args.log_format
 
 
 def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
@@ -113,13 +115,16 @@ def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config, output = parse_args(argv)
+    config, output, log_format = parse_args(argv)
     folder = join(output if "://" in output else os.path.abspath(output), "datasets", config.name)
     fs, path = filesystem(folder)
     if fs.get_file_info(join(path, "manifest.json")).type != pafs.FileType.NotFound:
         sys.exit(f"prepare_dataset: error: {folder} already holds a prepared dataset; choose another --name.")
     if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS or the job's cluster, else starts a local one
+        ray.init(**ray_init_logging(log_format))  # joins RAY_ADDRESS or the job's cluster, else starts a local one
+    configure_logging(log_format, run_name=config.name)
+    # Progress bars redraw one terminal line; in JSON logs they would be stray text.
+    ray.data.DataContext.get_current().enable_progress_bars = log_format == "text"
     splits = {split: prepare_split(config, split, folder) for split in config.splits}
     every = [doc for s in splits.values() for doc in s["per_document"]]
     manifest = {
@@ -135,12 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
     write_manifest(folder, manifest)
     result = {"name": config.name, "path": folder, "documents": len(every), **manifest["summary"],
               "long_documents": manifest["long_documents"]}
-    print(f"\nPrepared {len(every)} documents ({result['pages']} pages) at {folder}; "
-          f"text/visual token ratio {result['ratio']:.2f}. Train on it with dataset=prepared:{folder}")
+    logger.info(f"\nPrepared {len(every)} documents ({result['pages']} pages) at {folder}; "
+                f"text/visual token ratio {result['ratio']:.2f}. Train on it with dataset=prepared:{folder}")
     long = manifest["long_documents"]
     if long["skipped"] or long["truncated"]:
-        print(f"Documents over {config.max_pages} pages: {long['skipped']} skipped, {long['truncated']} truncated.")
-    print(json.dumps(result))
+        logger.info(f"Documents over {config.max_pages} pages: {long['skipped']} skipped, "
+                    f"{long['truncated']} truncated.")
+    logger.info(json.dumps(result))
     return result
 
 

@@ -25,11 +25,13 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from deepsynth.logs import configure_logging, logger, ray_init_logging
 from deepsynth.model.loading import family_class, model_type_of
 from deepsynth.model.tiny import build_tiny_model
 from deepsynth.training.config import TrainConfig, load_config
 from deepsynth.training.control import StopSignal, stop_signal_name
 from deepsynth.training.loop import train_loop_per_worker
+from deepsynth.training.telemetry import tracking_env
 from deepsynth.training.modes import find_lora_targets
 
 
@@ -69,6 +71,7 @@ def check_lora_targets(config: TrainConfig) -> None:
 def build_trainer(config: TrainConfig, callbacks: list | None = None) -> TorchTrainer:
     """The TorchTrainer for `config`; `callbacks` go to Ray Train (Tune passes its report callback)."""
     env = {"DS_ACCELERATOR": "cpu"} if config.strategy == "deepspeed" and not config.use_gpu else {}
+    env.update(tracking_env(os.environ))  # MLflow / W&B settings of the driver, never their secrets
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
@@ -102,18 +105,20 @@ def run_cpus(config: TrainConfig) -> float:
     return config.num_workers * config.cpus_per_worker + DATA_TASK_CPUS
 
 
-def start_ray(num_cpus: float) -> None:
-    """Join the cluster at RAY_ADDRESS, or start an embedded one with at least `num_cpus` logical CPUs.
+def start_ray(num_cpus: float, log_format: str = "text") -> None:
+    """Join the cluster at RAY_ADDRESS, or start an embedded one with at least `num_cpus` logical CPUs,
+    logging as `log_format` says.
 
     The embedded cluster is always a new one (`address="local"`), even when a `ray start` cluster,
     such as the demo's, runs on this machine: without an address the README promises an embedded run.
     """
     if ray.is_initialized():
         return
+    logging = ray_init_logging(log_format)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**logging)
         return
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)))
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), **logging)
 
 
 def listen_for_stop(run_name: str):
@@ -122,8 +127,8 @@ def listen_for_stop(run_name: str):
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handle(signum, frame):
-        print(f"Received {signal.Signals(signum).name}: saving a checkpoint at the next step boundary. "
-              "Re-run the same command to resume.", flush=True)
+        logger.info(f"Received {signal.Signals(signum).name}: saving a checkpoint at the next step boundary. "
+                    "Re-run the same command to resume.")
         ray.get(stop.request.remote())
         # A second Ctrl-C aborts at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"train: error: {err}")
 
     # A second rendering task in flight keeps the prefetched batches ahead of the step.
-    start_ray(run_cpus(config) + DATA_TASK_CPUS)
+    start_ray(run_cpus(config) + DATA_TASK_CPUS, config.log_format)
+    configure_logging(config.log_format, run_name=config.run_name)
     stop, previous_handlers = listen_for_stop(config.run_name)
     try:
         result = build_trainer(config).fit()
@@ -164,10 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
         "best_checkpoint": best,
         "metrics": result.metrics,
     }
-    print(f"\nRun {config.run_name!r} {summary['status']}. Latest checkpoint: {summary['latest_checkpoint']}")
+    logger.info(f"\nRun {config.run_name!r} {summary['status']}. Latest checkpoint: {summary['latest_checkpoint']}")
     if stopped:
-        print("Resume it by running the same command again.")
-    print(json.dumps(summary, default=str))
+        logger.info("Resume it by running the same command again.")
+    logger.info(json.dumps(summary, default=str))
     return summary
 
 

@@ -33,6 +33,7 @@ from deepsynth.model.tiny import build_tiny_model
 from deepsynth.training.checkpoint import load_checkpoint
 from deepsynth.training.config import TrainConfig, config_from_dict, load_config
 from deepsynth.training.sweep import load_sweep
+from deepsynth.logs import configure_logging, logger
 from ray_jobs.train import DATA_TASK_CPUS, build_trainer, check_lora_targets, resolve_paths, run_cpus, start_ray
 
 
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"tune_lora: error: {err}")
 
     # An embedded cluster holds the trials the sweep asks for at once; an explicit one holds what it holds.
-    start_ray(sweep.max_concurrent_trials * trial_cpus(base))
+    start_ray(sweep.max_concurrent_trials * trial_cpus(base), base.log_format)
+    configure_logging(base.log_format, run_name=sweep.sweep_name)
     try:
         concurrency = concurrent_trials(base, sweep.max_concurrent_trials, ray.cluster_resources())
     except ValueError as err:
@@ -157,14 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
         writer.writeheader()
         writer.writerows(rows)
 
-    print(f"\n{'rank':>5} {'alpha':>6} {'lr':>9} {'trainable':>10} {'val_loss':>9} {'rougeL':>7} {'samples/s':>10} {'peak MB':>8}  status")
+    logger.info(f"\n{'rank':>5} {'alpha':>6} {'lr':>9} {'trainable':>10} {'val_loss':>9} {'rougeL':>7} {'samples/s':>10} {'peak MB':>8}  status")
     for r in sorted(rows, key=lambda r: r["rank"]):
-        print(f"{r['rank']:>5} {r['alpha']:>6} {r['lr']:>9.2e} {r['trainable_parameters'] or 0:>10} "
-              f"{r['val_loss'] or float('nan'):>9.4f} {r['rouge_l'] or 0:>7.3f} {r['samples_per_s'] or 0:>10.2f} "
-              f"{r['peak_memory_mb'] or 0:>8.0f}  {r['status']}")
-    print(f"Results: {table}\nBest: {best['run'] if best else None} -> {best['checkpoint'] if best else None}")
+        logger.info(f"{r['rank']:>5} {r['alpha']:>6} {r['lr']:>9.2e} {r['trainable_parameters'] or 0:>10} "
+                    f"{r['val_loss'] or float('nan'):>9.4f} {r['rouge_l'] or 0:>7.3f} {r['samples_per_s'] or 0:>10.2f} "
+                    f"{r['peak_memory_mb'] or 0:>8.0f}  {r['status']}")
+    logger.info(f"Results: {table}\nBest: {best['run'] if best else None} -> {best['checkpoint'] if best else None}")
     summary = {"sweep": sweep.sweep_name, "results_csv": str(table), "trials": rows, "best": best}
-    print(json.dumps(summary, default=str))
+    logger.info(json.dumps(summary, default=str))
     return summary
 
 

@@ -14,13 +14,12 @@ layer is thin: it checks the token, parses pydantic schemas and calls `JobServic
 from __future__ import annotations
 
 import hmac
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI, Header, Query, Request
@@ -38,8 +37,7 @@ from deepsynth.jobs.secrets import scrub, secret_values
 from deepsynth.jobs.service import Conflict, JobService, RateLimited, RayUnavailable
 from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, list_presets
 from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobStore
-
-logger = logging.getLogger(__name__)
+from deepsynth.logs import configure_serve_logging, serve_logging_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Query parameters that would carry a token in a URL (and so into proxy and access logs).
@@ -78,6 +76,8 @@ class AppArgs(BaseModel):
     """Where entrypoints run (holds ray_jobs/); default the folder this package is in."""
     python: str | None = None
     """Interpreter of the entrypoints; default the replica's own."""
+    log_format: Literal["text", "json"] = "text"
+    """The replica's log file as text, or one JSON object per line (docs/observability.md)."""
 
 
 class ErrorBody(BaseModel):
@@ -308,9 +308,10 @@ class JobsAPI:
         environ = dict(os.environ)
         client = (client_factory or ray_job_client)(parsed.ray_dashboard_url, environ)
         self.service, self.api_token, self.secrets = build_service(parsed, environ, client)
+        log = configure_serve_logging(secrets=self.secrets)
         reconciled = self.service.reconcile()
         if reconciled:
-            logger.info("Reconciled job records with Ray: %s", reconciled)
+            log.info("Reconciled job records with Ray: %s", reconciled)
 
     def __serve_build_asgi_app__(self):
         return create_api(self.service, self.api_token, self.secrets)
@@ -318,5 +319,5 @@ class JobsAPI:
 
 def build_app(args: dict) -> Application:
     """The job API application; `args` are `AppArgs`, checked here so a typo fails at deploy time."""
-    AppArgs(**args)
-    return JobsAPI.bind(dict(args))
+    parsed = AppArgs(**args)
+    return JobsAPI.options(logging_config=serve_logging_config(parsed.log_format)).bind(dict(args))

@@ -41,6 +41,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import deepsynth
 from deepsynth.data.compression import compression_stats
+from deepsynth.logs import configure_serve_logging, serve_logging_config
 from deepsynth.model.families import ModelFamily
 from deepsynth.model.loading import context_length, load_processor
 from deepsynth.serving.adapters import AdapterSet, LoadedAdapter
@@ -177,18 +178,21 @@ class SummarizerModel:
         self._summarize_batch.set_max_batch_size(self.config.max_batch_size)
         self._summarize_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.log = configure_serve_logging()
         self.requests = self.generate_calls = self.batches = 0
         self.documents_metric = metrics.Counter(
             "deepsynth_summarizer_documents", "Documents summarized by the model replicas.", tag_keys=("adapter",))
         self.generate_calls_metric = metrics.Counter(
-            "deepsynth_summarizer_generate_calls", "generate() calls of the model replicas.")
+            "deepsynth_summarizer_generate_calls", "generate() calls of the model replicas.", tag_keys=("adapter",))
         self.batch_size_metric = metrics.Histogram(
-            "deepsynth_summarizer_batch_size", "Documents per batch.", boundaries=[1, 2, 4, 8, 16, 32, 64])
+            "deepsynth_summarizer_batch_size", "Documents per batch.", boundaries=[1, 2, 4, 8, 16, 32, 64],
+            tag_keys=("adapter",))
         self.queue_wait_metric = metrics.Histogram(
             "deepsynth_summarizer_queue_wait_s", "Seconds a document waited on the model replica before its batch "
-            "started.", boundaries=LATENCY_BUCKETS_S)
+            "started.", boundaries=LATENCY_BUCKETS_S, tag_keys=("adapter",))
         self.generate_metric = metrics.Histogram(
-            "deepsynth_summarizer_generate_s", "Seconds per generate call (encode + generate).", boundaries=LATENCY_BUCKETS_S)
+            "deepsynth_summarizer_generate_s", "Seconds per generate call (encode + generate).", boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("adapter",))
 
     async def summarize(self, job: SummaryJob) -> SummaryResult:
         job.received = time.monotonic()
@@ -212,17 +216,20 @@ class SummarizerModel:
                     group_results, generate_seconds = await asyncio.to_thread(self._generate, adapter, group)
                     results += group_results
                     self.generate_calls += len(generate_seconds)
-                    self.generate_calls_metric.inc(len(generate_seconds))
+                    tags = {"adapter": adapter or ""}
+                    self.generate_calls_metric.inc(len(generate_seconds), tags=tags)
                     for seconds in generate_seconds:
-                        self.generate_metric.observe(seconds)
-                    self.documents_metric.inc(len(group), tags={"adapter": adapter or ""})
+                        self.generate_metric.observe(seconds, tags=tags)
+                    self.documents_metric.inc(len(group), tags=tags)
+                    self.batch_size_metric.observe(len(group), tags=tags)
+                    for result in group_results:
+                        self.queue_wait_metric.observe(result.queue_s, tags=tags)
+                    self.log.info("generated %d summaries", len(group), extra={"adapter": adapter or "",
+                                  "batch_size": len(group), "generate_s": sum(generate_seconds)})
             finally:
                 self.model_idle.set()
         self.requests += len(jobs)
         self.batches += 1
-        self.batch_size_metric.observe(len(jobs))
-        for result in results:
-            self.queue_wait_metric.observe(result.queue_s)
         return results
 
     def _generate(self, adapter: str | None, jobs: list[SummaryJob]) -> tuple[list[SummaryResult], list[float]]:
@@ -254,12 +261,14 @@ class SummarizerIngress:
         # Its own thread: in the default pool, the controller call would queue behind the rendering of a full server.
         self.status_thread = ThreadPoolExecutor(1, thread_name_prefix="readyz")
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.log = configure_serve_logging()
         self.requests = self.rejected = 0
         self.requests_metric = metrics.Counter(
-            "deepsynth_summarizer_requests", "Summarize requests by HTTP status.", tag_keys=("status",))
+            "deepsynth_summarizer_requests", "Summarize requests by HTTP status and adapter.",
+            tag_keys=("status", "adapter"))
         self.latency_metric = metrics.Histogram(
             "deepsynth_summarizer_latency_s", "End-to-end seconds of summarize requests that succeeded.",
-            boundaries=LATENCY_BUCKETS_S)
+            boundaries=LATENCY_BUCKETS_S, tag_keys=("adapter",))
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
@@ -308,7 +317,7 @@ class SummarizerIngress:
         try:
             response = await self._summarize(request, started)
             status = 200
-            self.latency_metric.observe(time.monotonic() - started)
+            self.latency_metric.observe(time.monotonic() - started, tags={"adapter": response.adapter or ""})
             return response
         except ServingError as err:
             status = err.status
@@ -316,7 +325,11 @@ class SummarizerIngress:
         finally:
             if status != 200:
                 self.rejected += 1
-            self.requests_metric.inc(tags={"status": str(status)})
+            # The adapter is known once the options are read (`_job`); earlier refusals have none.
+            adapter = getattr(request.state, "adapter", None) or ""
+            self.requests_metric.inc(tags={"status": str(status), "adapter": adapter})
+            self.log.info("summarize %d", status, extra={"adapter": adapter, "status": status,
+                                                         "seconds": time.monotonic() - started})
 
     async def _summarize(self, request: Request, started: float) -> SummarizeResponse:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -403,6 +416,7 @@ class SummarizerIngress:
         if adapter is not None and adapter not in config.adapters:
             raise ServingError(404, "adapter_not_found", f"No adapter named {adapter!r}; GET /v1/models lists "
                                f"the servable ones: {sorted(config.adapters)}.")
+        request.state.adapter = adapter  # only known names label metrics, so clients cannot grow their series
         template = self.templates[adapter]
         max_new_tokens = options.max_new_tokens or template.generation.max_new_tokens
         if max_new_tokens > config.max_new_tokens_limit:
@@ -462,6 +476,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
         backpressure_config=backpressure,
+        logging_config=serve_logging_config(config.log_format),
     ).bind(plain)
     return SummarizerIngress.options(
         num_replicas=config.ingress_replicas,
@@ -469,6 +484,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         max_ongoing_requests=config.ingress_max_ongoing_requests,
         max_queued_requests=config.ingress_max_queued_requests,
         backpressure_config=backpressure,
+        logging_config=serve_logging_config(config.log_format),
     ).bind(model, plain)
 
 

@@ -17,6 +17,7 @@ os.environ["RAY_JOB_STOP_WAIT_TIME_S"] = "120"
 import socket
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +108,7 @@ class RayCluster:
     gcs_address: str
     dashboard_url: str  # http://127.0.0.1:PORT, the Ray Jobs REST API and `serve deploy` target
     token: str  # Ray's own auth token (RAY_AUTH_MODE=token), not the DeepSynth API token
+    logs_dir: Path  # the session's logs/ folder, where the drivers', workers' and replicas' log files are
 
 
 @pytest.fixture(scope="session")
@@ -121,10 +123,11 @@ def ray_cluster():
     # address="local": always a fresh cluster, never one left running on this machine (e.g. by the demo).
     # Its own temp dir: Ray Jobs point each job's driver at the cluster named in <temp dir>/ray_current_cluster,
     # which another cluster started later on the same machine would otherwise overwrite.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=free_port(), _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+                       dashboard_port=free_port(), _temp_dir=temp_dir)
     yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",
-                     token=RAY_TEST_TOKEN)
+                     token=RAY_TEST_TOKEN, logs_dir=Path(temp_dir) / "session_latest" / "logs")
     ray.shutdown()
 
 

@@ -101,6 +101,10 @@ class ServeConfig(BaseModel):
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     ingress_max_queued_requests: int = Field(1024, ge=-1)
 
+    # --- observability
+    log_format: Literal["text", "json"] = "text"
+    """Replica log files as text, or one JSON object per line (Serve's JSON logging; docs/observability.md)."""
+
     @field_validator("adapters", mode="before")
     @classmethod
     def _parse_adapters(cls, value: Any) -> Any:

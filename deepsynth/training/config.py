@@ -22,6 +22,7 @@ import yaml
 from deepsynth.data.collate import DEFAULT_PROMPT
 from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
+from deepsynth.logs import LOG_FORMATS
 from deepsynth.model.loading import DEFAULT_MODEL, resolve_dtype
 from deepsynth.model.tokens import check_token_budget, layout_visual_tokens
 from deepsynth.template import DEFAULT_LAYOUT, DEFAULT_MAX_PAGES
@@ -118,6 +119,8 @@ class TrainConfig:
     """Steps between validation losses; each one also writes a checkpoint."""
     log_every: int = 10
     """Steps between metric reports."""
+    log_format: str = "text"
+    """text, or json: one JSON object per log line, from Ray's JSON logging (docs/observability.md)."""
     keep_checkpoints: int = 3
     """Checkpoints to keep, ranked by val loss; Ray Train also keeps the latest."""
 
@@ -139,6 +142,7 @@ class TrainConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("log_format", self.log_format, LOG_FORMATS)
         resolve_dtype(self.dtype)  # raises naming dtype and its choices
         try:
             get_layout(self.layout)

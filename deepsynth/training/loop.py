@@ -31,6 +31,7 @@ import torch.distributed as dist
 from deepsynth.data.augment import AugmentConfig
 from deepsynth.data.collate import Batch, SummaryCollator
 from deepsynth.data.datasets import load_records
+from deepsynth.logs import configure_logging
 from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.checkpoint import (
     load_trained_weights,
@@ -45,7 +46,7 @@ from deepsynth.training.control import StopPoller
 from deepsynth.training.data import PageBatches, PageOptions, ValidationBatch, select_documents, validation_batches
 from deepsynth.training.modes import load_for_training, prepare_trainable, trainable_share
 from deepsynth.training.strategy import DDPStrategy, DeepSpeedStrategy, Strategy, deepspeed_config
-from deepsynth.training.telemetry import MetricsLog, peak_memory_mb
+from deepsynth.training.telemetry import MetricsLog, TrainGauges, checkpoint_uri, gpu_stats, peak_memory_mb
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
@@ -106,6 +107,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     val_batches = validation_batches(val_records, rank=rank, world_size=world_size, batch_size=config.batch_size,
                                      options=val_options, collate=collate)
     stop = StopPoller(config.run_name)
+    configure_logging(config.log_format, run_name=config.run_name, rank=rank)
+    gauges = TrainGauges(config.run_name, rank)
     log = MetricsLog(log_dir(config), config.run_name, config.to_dict()) if rank == 0 else None
     if val_loss is None:
         val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
@@ -138,16 +141,18 @@ def train_loop_per_worker(config_dict: dict) -> None:
             val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         metrics = {"step": step, "time": time.time(), "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
                    "lr": strategy.lr(), "grad_norm": grad_norm, **window.rates(), "peak_memory_mb": peak_memory_mb(device),
-                   "trainable_parameters": param_table[-1].trainable, **long_documents}
+                   **gpu_stats(device), "trainable_parameters": param_table[-1].trainable, **long_documents}
+        gauges.set(metrics)
         if log:
             log.log(step, metrics)
             if evaluate_now or step % config.log_every == 0:
-                print(f"step {step}/{config.max_steps}  loss {step_loss:.4f}  val_loss {val_loss:.4f}  "
-                      f"lr {metrics['lr']:.2e}  data wait {metrics['data_wait_share']:.0%}", flush=True)
+                log.progress(step, config.max_steps, metrics)
 
         if evaluate_now or stopping:
             report_with_checkpoint(config, step, metrics, strategy, model, processor, family.name, rank,
                                    position=step * config.grad_accum)
+            if log:
+                log.checkpoint(checkpoint_uri(config.storage_path, config.run_name, step_dir_name(step)))
         elif step % config.log_every == 0:
             ray.train.report(metrics)
         if evaluate_now or step % config.log_every == 0:
