@@ -34,6 +34,7 @@ benchmarks: setup
 	$(BIN)/python -m benchmarks.train_memory
 	$(BIN)/python -m benchmarks.input_pipeline
 	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.generation_guard
 
 clean:
 	rm -rf $(VENV) .deepsynth

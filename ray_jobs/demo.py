@@ -10,8 +10,8 @@ runs each step the way a user would, as a Ray driver against that cluster:
  2. `ray_jobs.prepare_dataset`: render documents to Parquet page shards with Ray Data;
  3. `ray_jobs.evaluate`: ROUGE of the untrained model on held-out documents (near zero);
  4. `ray_jobs.train`: fine-tune the decoder on Ray Train from the prepared pages
-    (`ray_jobs/configs/demo_cpu.yaml`: in full, since the tiny decoder is too small for LoRA to
-    learn the task in a few minutes);
+    (`ray_jobs/configs/demo_cpu.yaml`: in full, since LoRA on the tiny model learns nothing of the
+    task in the demo's few minutes);
  5. `ray_jobs.evaluate`: ROUGE of the checkpoint on the same documents;
  6. `deepsynth export`: a model folder with a model card;
  7. `serve deploy`: the summarizer (serving the checkpoint) at / and the job API at /api;
@@ -55,7 +55,7 @@ class DemoConfig:
     """Where the model, dataset, run, export and cluster state go."""
     num_documents: int = 256
     """Built-in documents to prepare per split (train and validation)."""
-    max_steps: int = 500
+    max_steps: int = 1200
     """Training steps (batch 8, the decoder in full)."""
     eval_documents: int = 32
     """Held-out built-in test documents scored before and after training."""
@@ -76,8 +76,8 @@ class DemoConfig:
             raise ValueError(f"--num-documents must be in [8, 1000], got {self.num_documents}.")
         if not 1 <= self.eval_documents <= 256:
             raise ValueError(f"--eval-documents must be in [1, 256], got {self.eval_documents}.")
-        if not 1 <= self.max_steps <= 1000:
-            raise ValueError(f"--max-steps must be in [1, 1000], got {self.max_steps}.")
+        if not 1 <= self.max_steps <= 5000:
+            raise ValueError(f"--max-steps must be in [1, 5000], got {self.max_steps}.")
 
 
 def parse_args(argv: list[str] | None) -> DemoConfig:

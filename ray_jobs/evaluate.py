@@ -26,6 +26,7 @@ from pathlib import Path
 from statistics import mean
 
 import numpy as np
+import ray
 
 from deepsynth.data.compression import compression_stats
 from deepsynth.data.datasets import load_records
@@ -36,6 +37,7 @@ from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
 from deepsynth.evaluation.generation import generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
+from deepsynth.logs import LOG_FORMATS, configure_logging, logger, ray_init_logging
 from deepsynth.template import Template
 from deepsynth.training.checkpoint import load_source, read_template
 
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ray-data", action="store_true", help="stream documents through Ray Data model replicas")
     parser.add_argument("--concurrency", type=int, default=defaults["concurrency"], help="model replicas with --ray-data")
     parser.add_argument("--out", help="report path (default: next to the checkpoint, or ./eval-*.json)")
+    parser.add_argument("--log-format", default=defaults["log_format"], choices=LOG_FORMATS,
+                        help="text, or json: one JSON object per line")
     return parser.parse_args(argv)
 
 
@@ -112,9 +116,7 @@ def summarize_in_process(args, records: list[dict], template: Template) -> list[
 
 
 def summarize_with_ray_data(args, records: list[dict], template: Template) -> list[dict]:
-    import ray
-
-    ray.init(ignore_reinit_error=True)
+    ray.init(ignore_reinit_error=True, **ray_init_logging(args.log_format))
     # The driver may run on a CPU-only head node, so "auto" asks the cluster, not this process's torch.
     # An explicit cuda reserves GPUs even while none is up, for the autoscaler to add a GPU node.
     use_gpu = args.device.startswith("cuda") or (args.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
@@ -134,6 +136,10 @@ def summarize_with_ray_data(args, records: list[dict], template: Template) -> li
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.log_format == "json":
+        # Ray's JSON formatter is installed by ray.init, so JSON logs need Ray even in-process.
+        ray.init(ignore_reinit_error=True, **ray_init_logging("json"))
+    configure_logging(args.log_format, source=args.checkpoint or args.model)
     benchmark = BENCHMARKS.get(args.benchmark) if args.benchmark else None
     dataset, split = (benchmark.dataset, benchmark.split) if benchmark else (args.dataset, args.split)
     try:
@@ -181,18 +187,18 @@ def main(argv: list[str] | None = None) -> dict:
             f.write(json.dumps({"id": row["id"], "prediction": prediction, "reference": row["summary"]}) + "\n")
 
     reference = benchmark.reference_rouge if benchmark else None
-    print(f"{'metric':<28} {'value':>8}" + (f"  {benchmark.reference_model} (published)" if reference else ""))
+    logger.info(f"{'metric':<28} {'value':>8}" + (f"  {benchmark.reference_model} (published)" if reference else ""))
     for kind, value in report["rouge"].items():
         published = f"  {reference[kind] / 100:.4f}" if reference else ""
-        print(f"{kind:<28} {value:>8.4f}{published}")
+        logger.info(f"{kind:<28} {value:>8.4f}{published}")
     for key in ("prediction_words", "reference_words", "compression_ratio", "repetition_rate"):
-        print(f"{key:<28} {report[key]:.4f}")
-    print(f"{'template':<28} layout {template.layout}, max_pages {template.max_pages}, prompt {template.prompt!r}")
-    print(f"{'long documents':<28} {long_documents.skipped} skipped, {long_documents.truncated} truncated "
-          f"(--long-documents {args.long_documents})")
-    print(f"Report: {out}")
+        logger.info(f"{key:<28} {report[key]:.4f}")
+    logger.info(f"{'template':<28} layout {template.layout}, max_pages {template.max_pages}, prompt {template.prompt!r}")
+    logger.info(f"{'long documents':<28} {long_documents.skipped} skipped, {long_documents.truncated} truncated "
+                f"(--long-documents {args.long_documents})")
+    logger.info(f"Report: {out}")
     result = {**report, "path": str(out)}
-    print(json.dumps(result))
+    logger.info(json.dumps(result))
     return result
 
 

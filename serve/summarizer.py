@@ -163,7 +163,7 @@ class SummarizerModel:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = ServeConfig.model_validate(config)
         loaded = load_served_model(self.config)
-        self.processor, self.family = loaded.processor, loaded.family
+        self.processor = loaded.processor
         self.adapters = AdapterSet(loaded.model, self.config.adapters)
         # Adapters, switching and generation share one model, so one batch at a time touches it
         # (Serve runs the per-adapter sub-batches of a batch concurrently).
@@ -234,7 +234,7 @@ class SummarizerModel:
 
     def _generate(self, adapter: str | None, jobs: list[SummaryJob]) -> tuple[list[SummaryResult], list[float]]:
         with self.adapters.active(adapter) as model:
-            return summarize_jobs(model, self.processor, self.family, jobs)
+            return summarize_jobs(model, self.processor, jobs)
 
     async def stats(self) -> ReplicaStats:
         return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,

@@ -1,16 +1,19 @@
 """The built-in, offline document corpus: the default dataset.
 
 Each document is a regional statistics bulletin: one line per region, each reporting how a
-sector's figures moved ("Rail traffic in the eastern region fell 3.0 percent."). One of ten
-sectors is covered, and its figures either rose or fell everywhere. The reference summary is a
-headline naming exactly those two facts ("Rail traffic fell"); neither is in the prompt, so a
-model can only write the summary by reading the page.
+sector's figures moved. Lines alternate between two forms: sector first ("Rail traffic in the
+eastern region slipped 3.0 percent.") and trend first ("Fell 2.1 percent: rail traffic in
+inland towns."). One of ten sectors is covered, and its figures either rose or fell everywhere.
+The reference summary is a headline naming exactly those two facts ("Rail traffic fell");
+neither is in the prompt, so a model can only write the summary by reading the page.
 
 Why bulletins rather than prose: a tiny random-initialised vision tower can only tell pages
-apart by how they look in bulk. In a bulletin the sector's name starts every line, so it
-forms a column that fills a large share of the page; in flowing prose the same words are
-scattered and a tiny model's frozen encoder cannot separate the topics. Real checkpoints read
-either.
+apart by how they look in bulk, and a tiny decoder learns fastest from what starts a line. In a
+bulletin both facts start lines, so each forms a column at the left margin; a linear probe on
+the tiny model's frozen features reads both perfectly on held-out pages, and the tiny decoder
+learns both in a few minutes. A fact further along the line (a verb after the sector, or the
+sector after "Fell:") is read at chance by the same decoder in that time. Real checkpoints read
+any layout.
 
 The corpus is a pure function of (split, index, seed), so every machine generates the same
 documents, and the splits never share a document.
@@ -44,10 +47,15 @@ TRENDS: dict[str, tuple[str, ...]] = {
 }
 
 _REGIONS = ("northern", "southern", "eastern", "western", "central", "coastal", "inland", "mountain")
-_LINES = (
+_SECTOR_LINES = (
     "{topic} in the {region} region {verb} {value} percent.",
     "{topic} in {region} towns {verb} {value} percent.",
     "{topic} in the {region} districts {verb} by {value} percent.",
+)
+_TREND_LINES = (
+    "{trend} {value} percent: {sector} in the {region} region.",
+    "{trend} {value} percent: {sector} in {region} towns.",
+    "{trend} by {value} percent: {sector} in the {region} districts.",
 )
 
 
@@ -62,13 +70,15 @@ def generate_document(split: str, index: int, seed: int = 0, num_lines: int = 28
     topic = rng.choice(TOPICS)
     trend = rng.choice(sorted(TRENDS))
     lines = [
-        rng.choice(_LINES).format(
+        rng.choice(_SECTOR_LINES if number % 2 == 0 else _TREND_LINES).format(
             topic=topic,
+            sector=topic.lower(),
+            trend=trend.capitalize(),
             region=rng.choice(_REGIONS),
             verb=rng.choice(TRENDS[trend]),
             value=f"{rng.randint(1, 9)}.{rng.randint(0, 9)}",
         )
-        for _ in range(num_lines)
+        for number in range(num_lines)
     ]
     return {
         "id": f"{split}-{index:05d}",

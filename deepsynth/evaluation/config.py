@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
+from deepsynth.logs import check_log_format
 
 
 @dataclass
@@ -40,6 +41,8 @@ class EvalConfig:
     device: str = "cpu"
     ray_data: bool = False
     concurrency: int = 1
+    log_format: str = "text"
+    """text, or json: one JSON object per line."""
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
@@ -55,3 +58,4 @@ class EvalConfig:
         if self.layout is not None:
             get_layout(self.layout)
         check_policy(self.long_documents)
+        check_log_format(self.log_format)

@@ -116,7 +116,7 @@ class GeneratedRepetitionPenalty(LogitsProcessor):
 
 
 @torch.no_grad()
-def generate_summaries(
+def generate_token_ids(
     model: Any,
     processor: Any,
     documents: Sequence[Sequence[Image.Image]],
@@ -125,8 +125,9 @@ def generate_summaries(
     prompt: str = DEFAULT_PROMPT,
     batch_size: int = 8,
     logits_processor: Sequence[LogitsProcessor] = (),
-) -> list[str]:
-    """Summaries of `documents` (each a list of page images), `batch_size` documents per `generate` call.
+) -> list[list[int]]:
+    """Each document's generated summary as token ids, without special tokens (EOS, padding),
+    `batch_size` documents per `generate` call.
 
     `prompt` is the instruction after the pages: the checkpoint's template prompt, so the model
     is asked what it was trained on. `logits_processor` runs before the guard (tests use it to
@@ -135,8 +136,9 @@ def generate_summaries(
     if not hasattr(processor, "image_processor"):
         raise ValueError("generate_summaries needs a DeepSeek-OCR-2 processor; DeepSeek-OCR v1 generation is not supported yet.")
     tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids)
     device, dtype = placement(model)
-    summaries: list[str] = []
+    generated: list[list[int]] = []
     original_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end aligned
     try:
@@ -151,10 +153,18 @@ def generate_summaries(
                 num_beams=options.num_beams, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 # HF's own guards scan the whole sequence; off, whatever the checkpoint's generation_config says.
                 no_repeat_ngram_size=0, repetition_penalty=1.0,
+                # Image placeholders and padding are never text; an untrained model would otherwise write them.
+                suppress_tokens=sorted({processor.image_token_id, tokenizer.pad_token_id} - {tokenizer.eos_token_id}),
                 logits_processor=LogitsProcessorList([*logits_processor, *options.guard(prompt_length)]),
             )
-            new_tokens = output[:, prompt_length:]
-            summaries += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            generated += [[t for t in row.tolist() if t not in special] for row in output[:, prompt_length:]]
     finally:
         tokenizer.padding_side = original_side
-    return summaries
+    return generated
+
+
+def generate_summaries(model: Any, processor: Any, documents: Sequence[Sequence[Image.Image]],
+                       **kwargs: Any) -> list[str]:
+    """Summaries of `documents` (each a list of page images): `generate_token_ids` (same arguments), decoded."""
+    ids = generate_token_ids(model, processor, documents, **kwargs)
+    return [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -281,7 +281,7 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
     else:
         args += ["--benchmark", request.preset]
     args += ["--limit", str(config.limit), "--batch-size", str(config.batch_size), "--long-documents",
-             config.long_documents, "--device", config.device, "--concurrency", str(config.concurrency),
+             config.long_documents, "--log-format", config.log_format, "--device", config.device, "--concurrency", str(config.concurrency),
              "--out", join(settings.storage, "evals", job_id, "report.json")]
     # Unset options stay unset: the script takes them from the checkpoint's template.
     for flag in ("layout", "max_pages", "prompt", "max_new_tokens", "num_beams", "no_repeat_ngram_size",

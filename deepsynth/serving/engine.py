@@ -7,7 +7,7 @@ request; documents that share both go through one `generate` call. The pages' us
 and source-text tokens) is counted before the job gets here, by the ingress.
 
     loaded = load_served_model(config)
-    results, generate_seconds = summarize_jobs(loaded.model, loaded.processor, loaded.family, jobs)
+    results, generate_seconds = summarize_jobs(loaded.model, loaded.processor, jobs)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
+from deepsynth.evaluation.generation import GenerationOptions, generate_token_ids
 from deepsynth.serving.config import ServeConfig
 from deepsynth.training.checkpoint import LoadedCheckpoint, load_source
 
@@ -51,7 +51,7 @@ def load_served_model(config: ServeConfig) -> LoadedCheckpoint:
 
 
 def summarize_jobs(
-    model: Any, processor: Any, family: Any, jobs: Sequence[SummaryJob]
+    model: Any, processor: Any, jobs: Sequence[SummaryJob]
 ) -> tuple[list[SummaryResult], list[float]]:
     """Summaries for `jobs` in order, and the seconds of each `generate` call (one per prompt and options)."""
     groups: dict[tuple[GenerationOptions, str], list[int]] = {}
@@ -61,14 +61,15 @@ def summarize_jobs(
     generate_seconds = []
     for (options, prompt), indices in groups.items():
         started = time.monotonic()
-        summaries = generate_summaries(model, processor, [jobs[i].pages for i in indices], options=options,
-                                       prompt=prompt, batch_size=len(indices))
+        ids = generate_token_ids(model, processor, [jobs[i].pages for i in indices], options=options,
+                                 prompt=prompt, batch_size=len(indices))
+        summaries = [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         generate_s = time.monotonic() - started
         generate_seconds.append(generate_s)
-        for index, summary in zip(indices, summaries):
+        for index, summary, tokens in zip(indices, summaries, ids):
             results[index] = SummaryResult(
                 summary=summary,
-                summary_tokens=len(family.tokenizer.encode(summary, add_special_tokens=False)),
+                summary_tokens=len(tokens),  # what the model generated, EOS excluded
                 batch_size=len(indices),
                 queue_s=started - jobs[index].received,
                 generate_s=generate_s,

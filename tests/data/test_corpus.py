@@ -25,11 +25,15 @@ def test_the_summary_is_determined_by_what_the_document_says():
     for doc in generate_corpus("train", 50):
         assert doc["summary"] == f"{doc['topic']} {doc['trend']}"
         lines = doc["text"].splitlines()[1:]
-        assert all(line.startswith(doc["topic"]) for line in lines), "the topic starts every line"
+        # Both facts start lines, alternately, so each forms a column at the left margin.
+        assert all(line.startswith(doc["topic"]) for line in lines[::2]), "the sector starts every other line"
+        assert all(line.startswith(doc["trend"].capitalize()) for line in lines[1::2]), "the trend the others"
+        assert all(doc["topic"].lower() in line.lower() for line in lines), "every line names the sector"
         other = "fell" if doc["trend"] == "rose" else "rose"
-        assert all(any(re.search(rf"\b{v}\b", line) for v in TRENDS[doc["trend"]]) for line in lines)
-        assert not any(re.search(rf"\b{v}\b", doc["text"]) for v in TRENDS[other]), "never contradicted"
-        assert not any(t in doc["text"] for t in TOPICS if t != doc["topic"])
+        text = doc["text"].lower()
+        assert all(any(re.search(rf"\b{v}\b", line.lower()) for v in TRENDS[doc["trend"]]) for line in lines)
+        assert not any(re.search(rf"\b{v}\b", text) for v in TRENDS[other]), "never contradicted"
+        assert not any(t.lower() in text for t in TOPICS if t != doc["topic"])
 
 
 def test_a_document_fills_one_page_of_the_default_layout():
