@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import free_port
+from fresh_checkout import kill_processes_mentioning
 
 
 @pytest.mark.slow
@@ -24,7 +25,11 @@ def test_demo_learns_to_read_pages_serves_and_answers_over_http(tmp_path):
     command = [sys.executable, "-m", "ray_jobs.demo", "--out-dir", str(tmp_path), "--ray-port", str(ray_port),
                "--dashboard-port", str(free_port()), "--serve-port", str(free_port()), "--agent-port",
                str(free_port()), "--stop"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        kill_processes_mentioning(str(ray_port))  # the demo's cluster runs in its own session and outlives it
+        raise
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 
