@@ -163,8 +163,17 @@ def generate_token_ids(
     return generated
 
 
-def generate_summaries(model: Any, processor: Any, documents: Sequence[Sequence[Image.Image]],
-                       **kwargs: Any) -> list[str]:
-    """Summaries of `documents` (each a list of page images): `generate_token_ids` (same arguments), decoded."""
-    ids = generate_token_ids(model, processor, documents, **kwargs)
+def generate_summaries(
+    model: Any,
+    processor: Any,
+    documents: Sequence[Sequence[Image.Image]],
+    *,
+    options: GenerationOptions = GenerationOptions(),
+    prompt: str = DEFAULT_PROMPT,
+    batch_size: int = 8,
+    logits_processor: Sequence[LogitsProcessor] = (),
+) -> list[str]:
+    """Summaries of `documents` (each a list of page images): `generate_token_ids`, decoded."""
+    ids = generate_token_ids(model, processor, documents, options=options, prompt=prompt, batch_size=batch_size,
+                             logits_processor=logits_processor)
     return [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
