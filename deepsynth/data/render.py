@@ -161,7 +161,11 @@ def render_pages(
                 "shorten it, raise max_pages, or use a layout with a smaller font."
             )
         chunks = chunks[:max_pages]
+    return draw_pages(chunks, layout)
 
+
+def draw_pages(chunks: list[list[str]], layout: PageLayout) -> list[Image.Image]:
+    """Draw pages whose lines `paginate` already chose (so a caller that checked the page count wraps once)."""
     font = _font(layout.font_size)
     line_height = round(layout.font_size * layout.line_spacing)
     pages = []

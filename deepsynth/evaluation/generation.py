@@ -176,4 +176,9 @@ def generate_summaries(
     """Summaries of `documents` (each a list of page images): `generate_token_ids`, decoded."""
     ids = generate_token_ids(model, processor, documents, options=options, prompt=prompt, batch_size=batch_size,
                              logits_processor=logits_processor)
-    return [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return decode_summaries(processor.tokenizer, ids)
+
+
+def decode_summaries(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[str]:
+    """The text of generated summaries (`generate_token_ids`' output)."""
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -64,12 +64,6 @@ class Ocr2Geometry:
             num_tiles = cols * rows
         return global_tokens + num_tiles * tile_tokens + 1  # +1: the view separator
 
-    def max_page_tokens(self) -> int:
-        """The most a page of any size can cost (a full grid of tiles)."""
-        per_side = self.patch_size * self.downsample_ratio
-        return (math.ceil(self.global_size / per_side) ** 2 + 1
-                + (self.max_tiles if self.crop_to_patches else 0) * math.ceil(self.tile_size / per_side) ** 2)
-
 
 # transformers' DeepseekOcr2Processor and DeepseekOcr2ImageProcessor defaults, which are the values
 # convert_deepseek_ocr2_weights_to_hf.py writes for deepseek-community/DeepSeek-OCR-2.
@@ -140,7 +134,7 @@ def prompt_token_bound(prompt: str, num_pages: int) -> int:
 
 
 def check_token_budget(*, max_pages: int, page_tokens: int, prompt: str, max_length: int,
-                       min_summary_tokens: int = MIN_SUMMARY_TOKENS, where: str = "max_length") -> None:
+                       min_summary_tokens: int = MIN_SUMMARY_TOKENS) -> None:
     """Raise if `max_pages` pages of `page_tokens` each, the prompt and a minimal summary exceed `max_length`."""
     prompt_tokens = prompt_token_bound(prompt, max_pages)
     needed = max_pages * page_tokens + prompt_tokens + min_summary_tokens + 1
@@ -149,8 +143,8 @@ def check_token_budget(*, max_pages: int, page_tokens: int, prompt: str, max_len
         fixed = 1 + len(prompt.encode("utf-8")) + min_summary_tokens + 1
         fitting = (max_length - fixed) // (page_tokens + 1)
         raise ValueError(
-            f"{where}={max_length} cannot hold max_pages={max_pages} pages of {page_tokens} visual tokens "
+            f"max_length={max_length} cannot hold max_pages={max_pages} pages of {page_tokens} visual tokens "
             f"({max_pages * page_tokens}), the prompt (up to {prompt_tokens}) and a summary of at least "
-            f"{min_summary_tokens} tokens: {needed} tokens. Raise {where} to {needed} or more, or lower max_pages "
+            f"{min_summary_tokens} tokens: {needed} tokens. Raise max_length to {needed} or more, or lower max_pages "
             f"to {max(fitting, 0)}, or use a layout with fewer tokens per page."
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepsynth.evaluation.generation import GenerationOptions, generate_token_ids
+from deepsynth.evaluation.generation import GenerationOptions, decode_summaries, generate_token_ids
 from deepsynth.serving.config import ServeConfig
 from deepsynth.training.checkpoint import LoadedCheckpoint, load_source
 
@@ -63,7 +63,7 @@ def summarize_jobs(
         started = time.monotonic()
         ids = generate_token_ids(model, processor, [jobs[i].pages for i in indices], options=options,
                                  prompt=prompt, batch_size=len(indices))
-        summaries = [text.strip() for text in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        summaries = decode_summaries(processor.tokenizer, ids)
         generate_s = time.monotonic() - started
         generate_seconds.append(generate_s)
         for index, summary, tokens in zip(indices, summaries, ids):

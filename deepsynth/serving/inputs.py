@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from deepsynth.data.documents import DocumentError, SizeCheck, load_document
-from deepsynth.data.render import count_pages, get_layout, render_pages
+from deepsynth.data.render import draw_pages, get_layout, paginate
 from deepsynth.model.families import IMAGE_TOKEN, ModelFamily
 from deepsynth.serving.config import ServeConfig
 from deepsynth.serving.schemas import ServingError
@@ -90,12 +90,12 @@ def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeChe
         raise too_large(f"The text is {len(text):,} characters, more than the limit of {config.max_text_chars:,}; "
                         "split the document.")
     page_layout = get_layout(layout)
-    num_pages = count_pages(text, page_layout)
-    if num_pages > config.max_pages:
-        raise too_large(f"The document needs {num_pages} pages at layout {layout}, more than this server's limit "
+    chunks = paginate(text, page_layout)
+    if len(chunks) > config.max_pages:
+        raise too_large(f"The document needs {len(chunks)} pages at layout {layout}, more than this server's limit "
                         f"of {config.max_pages}; split it into smaller documents.")
-    check_sizes([(page_layout.width, page_layout.height)] * num_pages)
-    return render_pages(text, page_layout)
+    check_sizes([(page_layout.width, page_layout.height)] * len(chunks))
+    return draw_pages(chunks, page_layout)
 
 
 def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeCheck) -> list[Image.Image]:
