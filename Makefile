@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch already installed, hence --no-build-isolation for the project install.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow test-gpu benchmarks clean
+.PHONY: setup demo test test-slow test-gpu gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -29,9 +29,14 @@ test-slow: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -m gpu
 
+# On a machine with one CUDA GPU: the gpu tests and the GPU benchmarks in at most 8 minutes, figures in gpu-check.json.
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check --out gpu-check.json
+
 benchmarks: setup
 	$(BIN)/python -m benchmarks.train_overhead
 	$(BIN)/python -m benchmarks.train_memory
+	$(BIN)/python -m benchmarks.train_memory --model full-width --steps 2 --batch-size 1
 	$(BIN)/python -m benchmarks.input_pipeline
 	$(BIN)/python -m benchmarks.serve_load
 	$(BIN)/python -m benchmarks.generation_guard

@@ -37,7 +37,7 @@ from deepsynth.data.corpus import generate_corpus
 from deepsynth.data.render import get_layout, render_pages
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
 from deepsynth.model.loading import load_model_and_processor
-from deepsynth.model.tiny import build_tiny_model
+from deepsynth.model.tiny import build_full_width_model, build_tiny_model
 from serve.summarizer import build_app
 
 
@@ -47,26 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def build_full_size_model(folder: Path) -> Path:
-    """The published DeepSeek-OCR-2 sizes with random bf16 weights, and a processor with the real view sizes."""
-    from transformers import AutoProcessor, DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
-
-    from benchmarks.train_gpu import TEXT, VISION
-
-    processor = AutoProcessor.from_pretrained(build_tiny_model(folder / "tiny", sam_patch_size=16))
-    torch.manual_seed(0)
-    config = DeepseekOcr2Config(vision_config=VISION, text_config=TEXT, image_token_id=processor.image_token_id)
-    torch.set_default_dtype(torch.bfloat16)  # built on the GPU in bf16: a minute less than fp32 on the CPU
-    with torch.device("cuda"):
-        model = DeepseekOcr2ForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    model.save_pretrained(folder / "model")
-    processor.save_pretrained(folder / "model")
-    return folder / "model"
 
 
 def in_process(model_dir: str, texts: list[str], batch_size: int, options: GenerationOptions, device: str,
@@ -140,7 +120,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.gpu:
-            model_dir = str(build_full_size_model(Path(tmp)))
+            model_dir = str(build_full_width_model(Path(tmp) / "model", num_layers=12, device="cuda"))
         elif args.model == "medium":
             build_medium_model(Path(tmp))
             model_dir = str(Path(tmp) / "model")

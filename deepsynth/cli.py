@@ -29,6 +29,14 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_full_width(args: argparse.Namespace) -> int:
+    from deepsynth.model.tiny import build_full_width_model
+
+    out = build_full_width_model(args.out_dir, num_layers=args.layers, seed=args.seed)
+    print(f"Wrote a {args.layers}-layer full-width random-initialised DeepSeek-OCR-2 to {out}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from deepsynth.export import export_checkpoint, push_to_hub
 
@@ -78,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype the weights are stored in; bfloat16, like the published checkpoint (dtype=auto then loads bf16)",
     )
     tiny.set_defaults(handler=_init_tiny)
+    wide = model.add_parser("init-full-width", help="build the published DeepSeek-OCR-2's widths with few decoder "
+                                                    "layers and random weights (memory and speed checks on a CPU)")
+    wide.add_argument("out_dir", help="folder to write the model, tokenizer and processor to (must not hold a model)")
+    wide.add_argument("--layers", type=int, default=3, help="decoder layers (the published model has 12)")
+    wide.add_argument("--seed", type=int, default=0, help="seed for the weights and the tokenizer's corpus")
+    wide.set_defaults(handler=_init_full_width)
 
     export = commands.add_parser("export", help="export a checkpoint as a PEFT adapter or merged model, with a model card")
     export.add_argument("checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")

@@ -35,7 +35,7 @@ from deepsynth.jobs.progress import list_runs
 from deepsynth.jobs.ratelimit import RateLimiter
 from deepsynth.jobs.secrets import scrub, secret_values
 from deepsynth.jobs.service import Conflict, JobService, RateLimited, RayUnavailable
-from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, list_presets
+from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, list_presets, training_sizes
 from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobStore
 from deepsynth.logs import configure_serve_logging, serve_logging_config
 
@@ -208,8 +208,11 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> 
 
     @app.get("/training/presets")
     def training_presets() -> list[dict]:
-        """Named training (train) and sweep (tune) configs: the YAML files the entry scripts read."""
-        return list_presets(service.settings.configs_dir)
+        """Named training (train) and sweep (tune) configs: the YAML files the entry scripts read, with the
+        trainable parameters and memory of full, LoRA default, LoRA all and QLoRA for each train preset."""
+        settings = service.settings
+        return [{**preset, "sizes": training_sizes(preset["config"], settings.project_dir)
+                 if preset["type"] == "train" else None} for preset in list_presets(settings.configs_dir)]
 
     @app.get("/datasets/benchmarks")
     def benchmarks() -> list[dict]:

@@ -91,11 +91,13 @@ def test_a_sweep_on_a_cluster_too_small_for_one_trial_exits_at_once_saying_what_
 
 def test_sweep_config_lists_every_combination_with_stable_names():
     sweep = SweepConfig(sweep_name="s", base_config="x.yaml", ranks=[4, 8], lrs=[1e-4, 3e-4],
-                        target_sets=[["q_proj"], None])
+                        target_sets=[["q_proj"], "all"])
     trials = sweep.trials()
     assert len(trials) == 8 and len({t["run_name"] for t in trials}) == 8
     assert trials == sweep.trials(), "names and order are stable, so a re-run finds the same trials"
     assert {t["lora_alpha"] for t in trials if t["lora_rank"] == 8} == {16}
+    assert {str(t["lora_targets"]) for t in trials} == {"['q_proj']", "all"}
+    assert all(t["run_name"].endswith(("-tq_proj", "-tall")) for t in trials)
 
 
 @pytest.mark.slow  # about 4 minutes on 2 busy cores: an embedded cluster, 3 trials, ROUGE of each

@@ -25,6 +25,7 @@ value shell-quoted. What the server decides, a client cannot override:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shlex
@@ -40,7 +41,10 @@ from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, r
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
 from deepsynth.jobs.secrets import contains_secret
-from deepsynth.training.config import config_from_dict
+from deepsynth.model.full_size import published_config
+from deepsynth.model.loading import DEFAULT_MODEL
+from deepsynth.training.config import TrainConfig, config_from_dict
+from deepsynth.training.modes import size_choices
 from deepsynth.training.sweep import SweepConfig
 
 JOB_TYPES = ("train", "tune", "evaluate", "prepare_dataset")
@@ -110,6 +114,34 @@ def list_presets(configs_dir: Path) -> list[dict]:
         presets.append({"name": path.stem, "type": "tune" if "sweep_name" in values else "train",
                         "description": first.lstrip("# ").strip() if first.startswith("#") else "", "config": values})
     return presets
+
+
+def training_sizes(values: dict, project_dir: Path) -> dict | None:
+    """For a train preset's model and LoRA rank: trainable parameters and bytes of weights, gradients and AdamW
+    state of each choice (full, lora default, lora all, qlora), computed on the meta device.
+
+    None where the model's config.json is not at hand (a folder not built yet, a Hub id other than the
+    published DeepSeek-OCR-2, whose configuration is built in) or the model is not a DeepSeek-OCR-2.
+    """
+    model = values.get("model", DEFAULT_MODEL)
+    rank = values.get("lora_rank", TrainConfig.lora_rank)
+    if model == DEFAULT_MODEL:
+        return _sizes(published_config().to_json_string(), rank)
+    config_file = (project_dir / model / "config.json") if not Path(model).is_absolute() else Path(model) / "config.json"
+    if not config_file.is_file():
+        return None
+    text = config_file.read_text()
+    return _sizes(text, rank) if json.loads(text).get("model_type") == "deepseek_ocr2" else None
+
+
+@functools.lru_cache(maxsize=32)
+def _sizes(config_json: str, rank: int) -> dict:
+    from transformers import DeepseekOcr2Config
+
+    tables = size_choices(DeepseekOcr2Config.from_dict(json.loads(config_json)), rank)
+    return {name: {"trainable_parameters": rows[-1].trainable, "weight_bytes": rows[-1].weight_bytes,
+                   "gradient_bytes": rows[-1].gradient_bytes, "optimizer_bytes": rows[-1].optimizer_bytes}
+            for name, rows in tables.items()}
 
 
 def build_spec(request: JobRequest, job_id: str, settings: JobSettings, secrets: frozenset[str] = frozenset()) -> JobSpec:

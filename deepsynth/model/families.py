@@ -55,6 +55,8 @@ class ModelFamily(Protocol):
 
     def decoder_parts(self, model: nn.Module) -> dict[str, nn.Module]: ...
 
+    def router_parts(self, model: nn.Module) -> list[nn.Module]: ...
+
 
 def _page_prefix(num_pages: int) -> str:
     # One placeholder line per page, as in the checkpoints' own "<image>\nFree OCR." prompts.
@@ -111,6 +113,11 @@ class Ocr2Family:
     @staticmethod
     def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
         return {"language_model": model.model.language_model, "lm_head": model.lm_head}
+
+    @staticmethod
+    def router_parts(model: nn.Module) -> list[nn.Module]:
+        """The MoE layers' router gates (the dense first layer has none)."""
+        return [layer.mlp.gate for layer in model.model.language_model.layers if hasattr(layer.mlp, "gate")]
 
 
 _V1_MEAN = 0.5
@@ -203,3 +210,8 @@ class V1Family:
     def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
         core = model.model
         return {"embed_tokens": core.embed_tokens, "layers": core.layers, "norm": core.norm, "lm_head": model.lm_head}
+
+    @staticmethod
+    def router_parts(model: nn.Module) -> list[nn.Module]:
+        """The MoE layers' router gates (DeepSeek-V2's `MoEGate`; dense layers have none)."""
+        return [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]

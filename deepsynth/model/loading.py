@@ -123,6 +123,7 @@ def load_model_and_processor(
     *,
     dtype: str | torch.dtype = "auto",
     attn_implementation: str | None = None,
+    experts_implementation: str | None = None,
     device: str = "cpu",
     revision: str | None = None,
     trust_remote_code: bool = False,
@@ -135,6 +136,8 @@ def load_model_and_processor(
         name_or_path: hub id (`deepseek-community/DeepSeek-OCR-2`) or a local model folder.
         dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
         attn_implementation: e.g. "sdpa", "eager" or "flash_attention_2"; None keeps the default.
+        experts_implementation: the routed experts' kernel, e.g. "eager", "batched_mm" or "grouped_mm";
+            None keeps transformers' default.
         device: "cpu", "cuda", "cuda:1" or "auto". Ignored when `quantization_config` places the model.
         revision: a hub branch, tag or commit, for reproducible loads.
         trust_remote_code: required for DeepSeek-OCR v1, whose modelling code lives in the checkpoint.
@@ -148,6 +151,8 @@ def load_model_and_processor(
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if experts_implementation is not None:
+        kwargs["experts_implementation"] = experts_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         # bitsandbytes places the weights itself; moving them afterwards is not allowed.

@@ -40,6 +40,8 @@ from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import
 
 from deepsynth.data.corpus import SPLITS, generate_corpus
 from deepsynth.model.families import IMAGE_TOKEN
+from deepsynth.model.full_size import published_config
+from deepsynth.model.tokens import PUBLISHED_OCR2
 
 # The real checkpoint's special tokens, so prompts and decoding behave the same on both.
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
@@ -140,13 +142,8 @@ TINY_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, sam_patch_size: int = 32,
                      dtype: str = "bfloat16") -> Path:
     """Write a tiny random-initialised DeepSeek-OCR-2 (model, tokenizer, processor) to `out_dir`, weights in `dtype`."""
-    if dtype not in TINY_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(TINY_DTYPES)}, got {dtype!r}.")
-    out = Path(out_dir)
-    if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a model; pick an empty folder or delete it first.")
-    docs = [d for split in SPLITS for d in generate_corpus(split, 200, seed=seed)]
-    tokenizer = train_tokenizer([d["text"] for d in docs] + [d["summary"] for d in docs] + [PROMPT_WORDS], vocab_size)
+    out = _empty_folder(out_dir, dtype)
+    tokenizer = corpus_tokenizer(seed, vocab_size)
     config = tiny_config(
         vocab_size=len(tokenizer),
         bos_id=tokenizer.bos_token_id,
@@ -155,33 +152,75 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         sam_patch_size=sam_patch_size,
     )
-    global_view = SAM_PATCH_SIZES[sam_patch_size][2]
-    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": global_view, "width": global_view})
-    processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
-    torch.manual_seed(seed)
-    # Initialised in float32, then stored like the published weights: config.json records the dtype.
-    model = DeepseekOcr2ForConditionalGeneration(config).to(TINY_DTYPES[dtype])
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    description = f"small widths and SAM patch size {sam_patch_size}"
+    return _write_model(out, config, tokenizer, SAM_PATCH_SIZES[sam_patch_size][2], seed, dtype, "tiny", description,
+                        "cpu")
 
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "README.md").write_text(_model_card(seed, model.num_parameters(), sam_patch_size, dtype))
+
+def build_full_width_model(out_dir: str | Path, num_layers: int = 3, seed: int = 0, dtype: str = "bfloat16",
+                           device: str = "cpu") -> Path:
+    """Write the published DeepSeek-OCR-2 with `num_layers` decoder layers and random weights to `out_dir`.
+
+    Every width, the 64 experts, the whole vision tower and the processor's 1024 px global view are
+    the real model's (`published_config`), so memory and speed per layer are the real ones; 3 layers
+    make 1.29 B parameters (2.6 GB in bf16), 12 the full-size model. The tokenizer is the tiny
+    model's, inside the real vocabulary. `device="cuda"` initialises the weights on the GPU (faster).
+    """
+    out = _empty_folder(out_dir, dtype)
+    tokenizer = corpus_tokenizer(seed, 1024)
+    config = published_config(
+        num_layers, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    description = f"the published widths and {num_layers} of its 12 decoder layers"
+    return _write_model(out, config, tokenizer, PUBLISHED_OCR2.global_size, seed, dtype, "full-width", description,
+                        device)
+
+
+def corpus_tokenizer(seed: int, vocab_size: int) -> PreTrainedTokenizerFast:
+    docs = [d for split in SPLITS for d in generate_corpus(split, 200, seed=seed)]
+    return train_tokenizer([d["text"] for d in docs] + [d["summary"] for d in docs] + [PROMPT_WORDS], vocab_size)
+
+
+def _empty_folder(out_dir: str | Path, dtype: str) -> Path:
+    if dtype not in TINY_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(TINY_DTYPES)}, got {dtype!r}.")
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a model; pick an empty folder or delete it first.")
     return out
 
 
-def _model_card(seed: int, num_parameters: int, sam_patch_size: int, dtype: str) -> str:
+def _write_model(out: Path, config: DeepseekOcr2Config, tokenizer: PreTrainedTokenizerFast, global_view: int,
+                 seed: int, dtype: str, kind: str, description: str, device: str) -> Path:
+    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": global_view, "width": global_view})
+    processor = DeepseekOcr2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    torch.manual_seed(seed)
+    # The tiny model is initialised in float32 and then stored in `dtype`; a full-width one directly in
+    # `dtype`, since a float32 copy would double its peak. config.json records the dtype either way.
+    init_dtype = torch.float32 if kind == "tiny" else TINY_DTYPES[dtype]
+    with torch.device(device):
+        model = DeepseekOcr2ForConditionalGeneration._from_config(config, dtype=init_dtype).to(TINY_DTYPES[dtype])
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(_model_card(seed, model.num_parameters(), kind, description, dtype))
+    return out
+
+
+def _model_card(seed: int, num_parameters: int, kind: str, description: str, dtype: str) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: image-text-to-text
-tags: [deepsynth, deepseek-ocr-2, tiny, random-weights, testing]
+tags: [deepsynth, deepseek-ocr-2, {kind}, random-weights, testing]
 ---
-# Tiny DeepSeek-OCR-2 (random weights)
+# {kind.capitalize()} DeepSeek-OCR-2 (random weights)
 
 A randomly initialised `DeepseekOcr2ForConditionalGeneration` ({num_parameters:,} parameters, seed {seed})
-built offline by `deepsynth model init-tiny` for tests and demos. It has the real architecture with
-small widths and SAM patch size {sam_patch_size}, stored in {dtype}; it knows nothing until trained. Its tokenizer was
-trained on DeepSynth's built-in corpus.
+built offline by `deepsynth model init-{kind}` for tests and benchmarks. It has the real architecture with
+{description}, stored in {dtype}; it knows nothing until trained. Its tokenizer was trained on
+DeepSynth's built-in corpus.
 """

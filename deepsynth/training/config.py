@@ -25,11 +25,14 @@ from deepsynth.data.render import get_layout
 from deepsynth.logs import LOG_FORMATS
 from deepsynth.model.loading import DEFAULT_MODEL, resolve_dtype
 from deepsynth.model.tokens import check_token_budget, layout_visual_tokens
+from deepsynth.training.modes import LORA_PRESETS, check_lora_choice
 from deepsynth.template import DEFAULT_LAYOUT, DEFAULT_MAX_PAGES
 
 MODES = ("full", "lora", "qlora")
 STRATEGIES = ("ddp", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# transformers 5.23's ExpertsInterface, plus its built-in loop.
+EXPERTS_IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm", "deepgemm", "sonicmoe")
 
 
 @dataclass
@@ -49,6 +52,9 @@ class TrainConfig:
     """Weights dtype: auto, float32, bfloat16 or float16."""
     attn_implementation: str | None = None
     """e.g. sdpa, eager or flash_attention_2; None keeps the model's default."""
+    experts_implementation: str | None = None
+    """The routed experts' kernel: eager (a loop over experts), batched_mm or grouped_mm (one grouped GEMM, the GPU
+    recipes' choice); None keeps transformers' default. QLoRA's 4-bit experts always loop."""
     trust_remote_code: bool = False
     """Needed for DeepSeek-OCR v1 checkpoints."""
 
@@ -60,11 +66,15 @@ class TrainConfig:
     lora_alpha: int = 32
     """LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank."""
     lora_dropout: float = 0.05
-    """Dropout on the adapters' input, in [0, 1)."""
-    lora_targets: list[str] | None = None
-    """Module names (suffixes such as q_proj) to adapt; None finds the decoder's attention and MLP projections."""
-    freeze_projector: bool = False
-    """In full mode, also freeze the vision-to-text projector."""
+    """Dropout on the adapters' input, in [0, 1); 0 when lora_targets include the routed experts."""
+    lora_targets: str | list[str] = "default"
+    """default (attention, dense MLP and shared experts: what vLLM serves), all (also the routed experts, through
+    PEFT target_parameters), or a list of module suffixes (q_proj) and experts.gate_up_proj / experts.down_proj."""
+    freeze_projector: bool = True
+    """Keep the vision-to-text projector frozen (full mode; LoRA modes train adapters only). false trains it."""
+    train_router: bool = False
+    """Full mode: train the MoE router gates. Off by default: the model adds no load-balancing loss, so a trained
+    router can collapse onto a few experts."""
 
     # --- data ---
     dataset: str = "builtin"
@@ -173,8 +183,19 @@ class TrainConfig:
                 f"train_limit={self.train_limit} is smaller than one step's documents "
                 f"(batch_size * num_workers = {self.batch_size * self.num_workers}); raise train_limit."
             )
-        if self.lora_targets is not None and not self.lora_targets:
-            raise ValueError("lora_targets must name at least one module, or be null to find them automatically.")
+        if isinstance(self.lora_targets, str) and self.lora_targets not in LORA_PRESETS:
+            self.lora_targets = [part.strip() for part in self.lora_targets.split(",") if part.strip()]
+        if isinstance(self.lora_targets, list) and not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise ValueError(f"lora_targets must be {sorted(LORA_PRESETS)} or a non-empty list of module names, "
+                             f"got {self.lora_targets!r}.")
+        if not self.lora_targets:
+            raise ValueError(f"lora_targets must be {sorted(LORA_PRESETS)} or name at least one module.")
+        check_lora_choice(self.mode, self.lora_targets, self.lora_dropout)
+        if self.experts_implementation is not None:
+            _check_choice("experts_implementation", self.experts_implementation, EXPERTS_IMPLEMENTATIONS)
+            if self.mode == "qlora" and self.experts_implementation != "eager":
+                raise ValueError("mode=qlora runs its 4-bit experts one at a time; leave experts_implementation unset "
+                                 f"(or eager), got {self.experts_implementation!r}.")
         if self.mode == "qlora" and self.strategy == "deepspeed":
             raise ValueError("mode=qlora does not combine with strategy=deepspeed; use strategy=ddp for QLoRA.")
         # Against the published checkpoint's arithmetic: a tiny model never costs more tokens per page.

@@ -60,12 +60,12 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # --- model, optimizer, schedule, strategy ---
     model, processor, family = load_for_training(
         config.model, config.mode, dtype=config.dtype, device=str(device),
-        attn_implementation=config.attn_implementation, trust_remote_code=config.trust_remote_code,
-        compute_dtype=amp_dtype or torch.float32,
+        attn_implementation=config.attn_implementation, experts_implementation=config.experts_implementation,
+        trust_remote_code=config.trust_remote_code, compute_dtype=amp_dtype or torch.float32,
     )
     model, param_table = prepare_trainable(
         model, family, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-        targets=config.lora_targets, freeze_projector=config.freeze_projector,
+        targets=config.lora_targets, freeze_projector=config.freeze_projector, train_router=config.train_router,
     )
     checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure
     if checkpoint:
@@ -114,6 +114,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         if log:
             log.log(start_step, {"val_loss": val_loss, "trainable_share": trainable_share(param_table),
+                                 "trainable_parameters": param_table[-1].trainable,
                                  **long_documents})
 
     # --- train ---

@@ -33,8 +33,9 @@ class SweepConfig:
     """"tied" (alpha = alpha_per_rank * rank) or a list of alphas to search."""
     alpha_per_rank: float = 2.0
     dropouts: list[float] = field(default_factory=lambda: [0.05])
-    target_sets: list[list[str] | None] | None = None
-    """Target-module sets to search; None searches only the automatic decoder targets."""
+    target_sets: list[str | list[str]] | None = None
+    """lora_targets values to search (presets such as default and all, or lists of names); None keeps the base
+    config's."""
     max_concurrent_trials: int = 8
     """Upper bound; the sweep also never asks for more workers than the cluster has."""
     grace_period: int = 1
@@ -61,10 +62,10 @@ class SweepConfig:
         ):
             alpha = int(self.alpha_per_rank * rank) if alpha is None else alpha
             name = f"{self.sweep_name}-r{rank}-a{alpha}-lr{lr:g}-d{dropout:g}" + (
-                f"-t{'+'.join(targets)}" if targets else ""
+                f"-t{targets if isinstance(targets, str) else '+'.join(targets)}" if targets else ""
             )
-            out.append({"run_name": name, "lora_rank": rank, "lora_alpha": alpha, "lr": lr, "lora_dropout": dropout,
-                        "lora_targets": targets})
+            trial = {"run_name": name, "lora_rank": rank, "lora_alpha": alpha, "lr": lr, "lora_dropout": dropout}
+            out.append({**trial, "lora_targets": targets} if targets else trial)
         return out
 
 

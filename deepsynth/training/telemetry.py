@@ -52,6 +52,12 @@ def peak_memory_mb(device: torch.device) -> float:
     """CUDA max allocated on GPU; the process's peak resident set size on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        # Linux: VmHWM, not getrusage's ru_maxrss, which a process started by a large parent
+        # inherits across exec, and which /proc/self/clear_refs cannot reset.
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 

@@ -115,7 +115,14 @@ def test_presets_and_listings(api):
     call = api["call"]
     presets = {p["name"]: p for p in call("GET", "/training/presets").json()}
     assert presets["cpu_smoke"]["type"] == "train" and presets["cpu_smoke"]["config"]["mode"] == "lora"
-    assert presets["sweep_cpu"]["type"] == "tune"
+    assert presets["sweep_cpu"]["type"] == "tune" and presets["sweep_cpu"]["sizes"] is None
+    # The GPU recipes' published DeepSeek-OCR-2, sized on the meta device: routed-expert LoRA adds one rank-16
+    # pair per expert for gate_up [2 x 896, 1280] and down [1280, 896] in each of its 11 MoE layers.
+    sizes = presets["lora_ocr2"]["sizes"]
+    assert set(sizes) == {"full", "lora default", "lora all", "qlora"}
+    assert sizes["lora all"]["trainable_parameters"] - sizes["lora default"]["trainable_parameters"] == (
+        11 * 64 * 16 * ((1280 + 2 * 896) + (896 + 1280)))
+    assert sizes["qlora"]["weight_bytes"] < 0.45 * sizes["lora default"]["weight_bytes"]
     assert {b["name"] for b in call("GET", "/datasets/benchmarks").json()} >= {"builtin", "cnn_dailymail", "xsum"}
     [generated] = call("GET", "/datasets/generated").json()
     assert generated["name"] == DATASET and generated["splits"] == {"train": 25, "validation": 25}

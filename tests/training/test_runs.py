@@ -83,6 +83,7 @@ def test_lora_checkpoint_changes_only_the_adapter(smoke, tiny_model_dir):
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "the adapter trained"
     assert not any("vision_tower" in n for n in lora), "no adapter on the vision tower"
+    assert not any(".mlp.experts." in n for n in lora), "lora_targets: default adapts no routed expert"
     for name, param in model.named_parameters():
         if "lora_" in name:
             continue
@@ -111,6 +112,33 @@ def test_full_mode_trains_the_decoder_and_keeps_the_vision_tower(ray_cluster, ti
     assert len(changed) > len(base_decoder) // 2
     saved = load_file(Path(summary["latest_checkpoint"]) / "decoder.safetensors")
     assert not any("vision_tower" in k for k in saved), "the checkpoint holds no vision weights"
+    # By default full mode freezes the router gates (no load-balancing loss) and the projector, as the peers do.
+    trained = dict(model.named_parameters())
+    frozen = {n: p for n, p in base.named_parameters() if ".mlp.gate." in n or "multi_modal_projector" in n}
+    assert any(".mlp.gate." in n for n in frozen) and any("multi_modal_projector" in n for n in frozen)
+    for name, tensor in frozen.items():
+        assert torch.equal(trained[name], tensor), f"{name} changed"
+        assert name not in saved
+    assert any(".mlp.experts." in n for n in changed), "the routed experts train"
+
+
+def test_lora_all_trains_the_routed_experts(ray_cluster, tiny_model_dir, tmp_path):
+    summary = run(tmp_path, tiny_model_dir, "run_name=all", "lora_targets=all", "lora_dropout=0", "num_workers=1",
+                  "max_steps=3", "eval_every=3", "lr=1e-2")
+    adapter = load_file(Path(summary["latest_checkpoint"]) / "adapter" / "adapter_model.safetensors")
+    experts = {k: v for k, v in adapter.items() if ".mlp.experts." in k}
+    # gate_up and down each: lora_A [4 experts x r, in] and lora_B [out, 4 experts x r]
+    assert len(experts) == 4, sorted(experts)
+    rank = 8  # cpu_smoke's lora_rank
+    lora_b = [tensor for name, tensor in experts.items() if "lora_B" in name]
+    assert len(lora_b) == 2
+    for tensor in lora_b:
+        # PEFT starts lora_B at zero, so a block that moved belongs to an expert that trained. An expert
+        # the (frozen, random) router never picks gets no gradient, so this asks for several, not all.
+        per_expert = tensor.float().reshape(tensor.shape[0], rank, 4).abs().sum(dim=(0, 1))
+        assert (per_expert > 0).sum() >= 2, per_expert
+    model = load_checkpoint(summary["latest_checkpoint"]).model
+    assert any(".mlp.experts." in n and "lora_B" in n for n, _ in model.named_parameters()), "reloads with experts"
 
 
 @pytest.mark.slow  # bitsandbytes' CPU kernels make this the slowest mode per step
