@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from deepsynth.data.corpus import SPLITS
 from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
 from deepsynth.model.loading import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "prepared:"
 MANIFEST = "manifest.json"
@@ -75,11 +78,11 @@ class PrepareConfig:
                              f"the last three), got {self.name!r}.")
         if not self.splits or any(split not in SPLITS for split in self.splits):
             raise ValueError(f"splits must be a non-empty subset of {list(SPLITS)}, got {self.splits}.")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1 or null for the whole split, got {self.limit}.")
-        for name in ("max_pages", "rows_per_shard"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.limit is not None and not 1 <= self.limit <= 100_000_000:
+            raise ValueError(f"limit must be in [1, 100000000] or null for the whole split, got {self.limit}.")
+        for name, (low, high) in (("max_pages", (1, 256)), ("rows_per_shard", (1, 100_000)), ("seed", (0, 2**32 - 1))):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [{low}, {high}], got {getattr(self, name)}.")
         try:
             get_layout(self.layout)
         except ValueError as err:
@@ -96,6 +99,26 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
+
+
+def read_json_object(fs: pafs.FileSystem, path: str) -> dict | None:
+    """The JSON object in a file; None when it is missing, or is not one (half-written or corrupt: logged).
+
+    Listings call this on files that another process may be writing, or that a crash cut short, so one bad
+    file is skipped with a warning instead of failing the whole listing.
+    """
+    try:
+        with fs.open_input_stream(path) as f:
+            value = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError of a binary file
+        logger.warning("Skipping %s: it is not valid JSON (%s); a half-written or corrupt file.", path, err)
+        return None
+    if not isinstance(value, dict):
+        logger.warning("Skipping %s: it holds a %s, not a JSON object.", path, type(value).__name__)
+        return None
+    return value
 
 
 def read_manifest(folder: str) -> dict:
@@ -124,14 +147,16 @@ def list_prepared(datasets_root: str) -> list[dict]:
         if info.type != pafs.FileType.Directory:
             continue
         folder = join(datasets_root, info.base_name)
-        try:
-            manifest = read_manifest(folder)
-        except FileNotFoundError:  # a dataset still being written, or an unrelated folder
+        manifest = read_json_object(fs, join(info.path, MANIFEST))
+        if manifest is None:  # a dataset still being written, an unrelated folder or a corrupt manifest
             continue
-        found.append({"name": info.base_name, "path": folder, "source": manifest["source"],
-                      "layout": manifest["layout"], "created": manifest["created"],
-                      "splits": {split: s["documents"] for split, s in manifest["splits"].items()},
-                      "summary": manifest["summary"]})
+        try:
+            found.append({"name": info.base_name, "path": folder, "source": manifest["source"],
+                          "layout": manifest["layout"], "created": manifest["created"],
+                          "splits": {split: s["documents"] for split, s in manifest["splits"].items()},
+                          "summary": manifest["summary"]})
+        except (KeyError, TypeError, AttributeError) as err:
+            logger.warning("Skipping %s: its %s is malformed (%r).", folder, MANIFEST, err)
     return found
 
 

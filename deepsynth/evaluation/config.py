@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 from deepsynth.data.long_documents import check_policy
 from deepsynth.data.render import get_layout
+from deepsynth.evaluation.generation import GenerationOptions
 from deepsynth.logs import check_log_format
+
+# Inclusive bounds, far above a real evaluation, so that a probe fails here rather than in the job.
+BOUNDS = {"limit": (1, 1_000_000), "batch_size": (1, 1024), "concurrency": (1, 1024), "max_pages": (1, 256)}
+GENERATION = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "repetition_penalty")
 
 
 @dataclass
@@ -47,10 +52,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
             raise ValueError("Set exactly one of checkpoint (<run>/step-XXXXXX) or model.")
-        for name in ("limit", "batch_size", "concurrency", "max_pages", "max_new_tokens", "num_beams"):
+        for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}.")
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low}, {high}], got {value}.")
+        # The generation options the script builds, with their own bounds (num_beams, max_new_tokens, ...).
+        GenerationOptions(**{name: getattr(self, name) for name in GENERATION if getattr(self, name) is not None})
         if self.split is not None and self.split not in ("train", "validation", "test"):
             raise ValueError(f"split must be train, validation or test, got {self.split!r}.")
         if self.device not in ("cpu", "cuda", "auto"):

@@ -2,7 +2,9 @@
 
 The training loop appends one JSON line per report to `<run>/logs/metrics.jsonl` (a resumed
 run keeps appending) and writes `step-XXXXXX/` checkpoints with a `meta.json`. Both are read
-through `pyarrow.fs`, so a run on `s3://` or `gs://` storage reads like a local one.
+through `pyarrow.fs`, so a run on `s3://` or `gs://` storage reads like a local one. A file that
+is half-written or corrupt is skipped with a logged warning: one bad run folder never fails a
+listing, nor the API's start-up reconciliation.
 
     latest = latest_metrics(run_dir)          # {"step": 4, "loss": ..., ...} or None
     checkpoints = list_checkpoints(run_dir)   # [{"step": 4, "path": ..., "metrics": {...}}, ...]
@@ -12,11 +14,16 @@ through `pyarrow.fs`, so a run on `s3://` or `gs://` storage reads like a local 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from deepsynth.data.prepared import filesystem, join
+from deepsynth.data.prepared import filesystem, join, read_json_object
+
+logger = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d{6})$")
 
@@ -26,16 +33,18 @@ def read_metrics(run_dir: str) -> list[dict]:
     fs, path = filesystem(run_dir)
     try:
         with fs.open_input_stream(join(path, "logs", "metrics.jsonl")) as f:
-            text = f.read().decode()
+            text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return []
     # The last line may be half-written while the loop appends; it is skipped until complete.
     lines = []
     for line in text.splitlines():
         try:
-            lines.append(json.loads(line))
+            value = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(value, dict) and isinstance(value.get("step"), int):
+            lines.append(value)
     return lines
 
 
@@ -53,13 +62,15 @@ def list_checkpoints(run_dir: str) -> list[dict]:
         match = STEP_DIR.match(info.base_name)
         if info.type != pafs.FileType.Directory or not match:
             continue
-        try:
-            with fs.open_input_stream(join(info.path, "meta.json")) as f:
-                meta = json.loads(f.read())
-        except FileNotFoundError:
+        meta = read_json_object(fs, join(info.path, "meta.json"))
+        if meta is None:
             continue
-        found.append({"step": int(match.group(1)), "path": join(run_dir, info.base_name),
-                      "metrics": meta.get("metrics", {}), "created": meta.get("created")})
+        metrics, created = meta.get("metrics", {}), meta.get("created")
+        if not isinstance(metrics, dict) or not isinstance(created, (str, type(None))):
+            logger.warning("Skipping %s: its meta.json has no metrics mapping or created time.", info.path)
+            continue
+        found.append({"step": int(match.group(1)), "path": join(run_dir, info.base_name), "metrics": metrics,
+                      "created": created})
     return sorted(found, key=lambda c: c["step"])
 
 
@@ -70,12 +81,10 @@ def resume_step(run_dir: str) -> int | None:
     (a crash in between); resuming follows the snapshot, so this does too.
     """
     fs, path = filesystem(run_dir)
-    try:
-        with fs.open_input_stream(join(path, "checkpoint_manager_snapshot.json")) as f:
-            latest = json.loads(f.read()).get("latest_checkpoint_result")
-    except FileNotFoundError:
-        return None
-    match = STEP_DIR.match(latest["checkpoint_dir_name"]) if latest else None
+    snapshot = read_json_object(fs, join(path, "checkpoint_manager_snapshot.json")) or {}
+    latest = snapshot.get("latest_checkpoint_result")
+    name = latest.get("checkpoint_dir_name") if isinstance(latest, dict) else None
+    match = STEP_DIR.match(name) if isinstance(name, str) else None
     return int(match.group(1)) if match else None
 
 
@@ -93,7 +102,18 @@ def list_runs(runs_root: str) -> list[dict]:
 
 
 def remove_tree(folder: str) -> None:
-    """Delete a run or dataset folder (DELETE ?purge=true); a missing folder is fine."""
+    """Delete a run or dataset folder (DELETE ?purge=true); a missing folder is fine.
+
+    A local folder may hold symlinks (a job may write one, or an operator link a dataset in): each is removed
+    as a link, never followed, so a purge only ever deletes what lies inside its own folder.
+    """
+    if "://" not in folder:
+        path = Path(folder)
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)  # unlinks symlinks inside, never their targets
+        return
     fs, path = filesystem(folder)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)

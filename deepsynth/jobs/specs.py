@@ -11,12 +11,16 @@ value shell-quoted. What the server decides, a client cannot override:
   prepare's `output` and `name` (all under `JobSettings.storage`, named after the job, so a job
   only ever writes, and a purge only ever removes, its own folder);
 - `build_tiny_model` (it writes a folder), and `trust_remote_code` unless the server allows it;
-- `model`: a Hub id, or a folder under one of `JobSettings.model_roots`;
+- `model`: a Hub id, or a folder under one of `JobSettings.model_roots` (a path that exists on the server,
+  relative to the project folder or absolute, is a folder, whatever its shape);
 - `dataset`: builtin, a dataset preset or `prepared:<name>` of a dataset under the storage;
   never a local file path;
 - `num_workers` at most `JobSettings.max_workers`;
 - the driver's resources: an evaluate job on `device: cuda` (without Ray Data) asks Ray for one
   GPU for its entrypoint, since drivers otherwise run on the (CPU-only) head node.
+
+Every override must already have its field's type (`deepsynth.jobs.json_types`: no string read as a
+number or a list, only finite floats), where the CLI's `key=value` strings are parsed by YAML.
 
     spec = build_spec(JobRequest(type="train", preset="cpu_smoke", overrides={"max_steps": 20}), "job-1", settings)
     client.submit_job(entrypoint=spec.entrypoint, ...)
@@ -40,6 +44,7 @@ from deepsynth.data.datasets import PRESETS
 from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, read_manifest
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
+from deepsynth.jobs.json_types import check_types
 from deepsynth.jobs.secrets import contains_secret
 from deepsynth.model.full_size import published_config
 from deepsynth.model.loading import DEFAULT_MODEL
@@ -48,7 +53,10 @@ from deepsynth.training.modes import size_choices
 from deepsynth.training.sweep import SweepConfig
 
 JOB_TYPES = ("train", "tune", "evaluate", "prepare_dataset")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The Hub's repo id grammar (huggingface_hub's validate_repo_id), ASCII only: an owner and a name of at most 96
+# letters, digits, '_', '-' or '.', neither starting nor ending with '-' or '.', with no '--' or '..'.
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
 
 
 class SpecError(ValueError):
@@ -160,11 +168,9 @@ def build_spec(request: JobRequest, job_id: str, settings: JobSettings, secrets:
 
 
 def _construct(cls, values: dict, where: str):
-    """`cls(**values)`, with a value of the wrong type (e.g. a string where a number goes) as a SpecError."""
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise SpecError(f"{where}: a value has the wrong type ({err}).") from None
+    """`cls(**values)` of values whose types `check_types` has checked; its own validation raises ValueError."""
+    check_types(cls, values, where)
+    return cls(**values)
 
 
 def _command(settings: JobSettings, module: str, args: list[str], before: str = "") -> str:
@@ -191,27 +197,39 @@ def _refuse(overrides: dict, rules: dict[str, str], where: str = "overrides") ->
 
 
 def _check_model(value: Any, settings: JobSettings, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SpecError(f"{where} must be a Hub id (org/name) or a model folder under the server's model roots.")
-    if HUB_ID.match(value) and ".." not in value:
-        return value
-    path = Path(value)
-    if path.is_absolute():
-        resolved = path.resolve()
-        for root in settings.model_roots:
-            if resolved.is_relative_to(Path(root).resolve()):
-                if not (resolved / "config.json").exists():
-                    raise SpecError(f"{where}: {value} holds no model (no config.json).")
-                return str(resolved)
+    """A Hub id as given, or a model folder under a model root as an absolute path; else SpecError.
+
+    Entrypoints run in the project folder, so a relative path is read from there: `ray_jobs/configs` is shaped
+    like a Hub id, but it is a server folder, and only folders under a model root may be named.
+    """
     roots = list(settings.model_roots) or "none configured"
-    raise SpecError(f"{where}={value!r} is neither a Hub id (org/name) nor a folder under the server's model roots "
-                    f"({roots}).")
+    refused = SpecError(f"{where}={value!r} is neither a Hub id (org/name) nor a folder under the server's model "
+                        f"roots ({roots}).")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise refused
+    path = settings.project_dir / value
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a name too long for the filesystem: no such folder
+        exists = False
+    if not exists:
+        if HUB_ID.fullmatch(value) and "--" not in value and ".." not in value:
+            return value
+        raise refused
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(Path(root).resolve()) for root in settings.model_roots):
+        raise refused
+    if not (resolved / "config.json").is_file():
+        raise SpecError(f"{where}: {value} holds no model (no config.json).")
+    return str(resolved)
 
 
 def _check_dataset(value: Any, settings: JobSettings, where: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a string: builtin, a dataset preset or prepared:<name>.")
     if value == "builtin" or value in PRESETS:
         return value
-    if isinstance(value, str) and value.startswith(PREFIX) and NAME_PATTERN.match(value.removeprefix(PREFIX)):
+    if value.startswith(PREFIX) and NAME_PATTERN.fullmatch(value.removeprefix(PREFIX)):
         folder = join(settings.datasets_root, value.removeprefix(PREFIX))
         try:
             read_manifest(folder)
@@ -233,6 +251,7 @@ TRAIN_RULES = {
 def _train_overrides(overrides: dict, settings: JobSettings, where: str) -> dict:
     """Check the server's rules on TrainConfig overrides; return them with paths made server-side."""
     _refuse(overrides, TRAIN_RULES, where)
+    check_types(TrainConfig, overrides, where)
     values = dict(overrides)
     if "model" in values:
         values["model"] = _check_model(values["model"], settings, f"{where}.model")
@@ -243,7 +262,7 @@ def _train_overrides(overrides: dict, settings: JobSettings, where: str) -> dict
         raise SpecError(f"{where}.trust_remote_code=true is not allowed on this server (it runs a model "
                         "repository's code); ask the operator to allow it.")
     workers = values.get("num_workers")
-    if isinstance(workers, int) and workers > settings.max_workers:
+    if workers is not None and workers > settings.max_workers:
         raise SpecError(f"{where}.num_workers={workers} is above this server's limit of {settings.max_workers}.")
     return values
 
@@ -266,15 +285,16 @@ def _tune(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
     unknown = sorted(set(request.overrides) - known)
     if unknown:
         raise SpecError(f"Unknown sweep keys {unknown}; known keys: {sorted(known - {'sweep_name', 'base_config'})}.")
-    trial_overrides = request.overrides.get("overrides", {})
-    if not isinstance(trial_overrides, dict):
-        raise SpecError("overrides.overrides must be a mapping of TrainConfig keys set for every trial.")
+    check_types(SweepConfig, request.overrides, "overrides")
     trial = {**preset.get("overrides", {}),
-             **_train_overrides(trial_overrides, settings, "overrides.overrides"), "storage_path": settings.runs_root}
+             **_train_overrides(request.overrides.get("overrides", {}), settings, "overrides.overrides"),
+             "storage_path": settings.runs_root}
     base_config = settings.configs_dir / Path(preset["base_config"]).name
     sweep = {**preset, **request.overrides, "sweep_name": job_id, "base_config": str(base_config), "overrides": trial}
-    _construct(SweepConfig, sweep, "overrides")  # the script's own validation, before anything runs
-    config_from_dict({**(yaml.safe_load(base_config.read_text()) or {}), **trial}, source="sweep overrides")
+    base = yaml.safe_load(base_config.read_text()) or {}
+    # The script's own validation, before anything runs: the sweep (its grid size too), then every trial's config.
+    for values in SweepConfig(**sweep).trials():
+        config_from_dict({**base, **trial, **values}, source=f"sweep trial {values['run_name']}")
     # The sweep file is written by the job itself, on whichever node runs it.
     sweep_file = f".deepsynth/job-specs/{job_id}.yaml"
     write = (f"mkdir -p .deepsynth/job-specs && printf %s {shlex.quote(yaml.safe_dump(sweep))} > "
@@ -296,6 +316,9 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
                         "evaluation and serving load checkpoints, and write reports, as local files, and this "
                         "server keeps runs on a cloud URI. Ask the operator to mount the storage (e.g. /data).")
     config = _construct(EvalConfig, request.overrides, "overrides")
+    if config.concurrency > settings.max_workers:
+        raise SpecError(f"overrides.concurrency={config.concurrency} is above this server's limit of "
+                        f"{settings.max_workers} (max_workers).")
     args = []
     if config.checkpoint is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/step-\d{6}", config.checkpoint):

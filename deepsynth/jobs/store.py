@@ -6,7 +6,10 @@ Ray job on the same run) and its status. Statuses move only along `TRANSITIONS`,
 is a compare-and-set from the status the caller saw: if another request moved the job first, the
 move raises `InvalidTransition` (a 409) instead of overwriting it. The file lives under
 `DEEPSYNTH_STATE_DIR`, which may be a network filesystem (EFS, Filestore), so the database uses a
-rollback journal rather than WAL (whose shared memory needs one host) and waits for locks.
+rollback journal rather than WAL (whose shared memory needs one host). Another process holding the
+file's lock (a backup, an operator's `sqlite3` shell) makes a call wait at most `BUSY_TIMEOUT_S`,
+then raise `StoreBusy` (a 503 with Retry-After); a file that is not a readable database stops the
+store at once with `CorruptStore`, which says how to recover.
 
     store = JobStore(Path(state_dir) / "jobs.sqlite3", clock=time.time)
     record, created = store.create(job_type="train", preset="cpu_smoke", overrides={...}, run_name=..., ...)
@@ -19,12 +22,16 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 STATUSES = ("queued", "running", "pausing", "paused", "succeeded", "failed", "stopped")
 TERMINAL = frozenset({"succeeded", "failed", "stopped"})
+# How long a call waits for another process's lock before it answers StoreBusy: short, so that a request
+# answers 503 well within a client's timeout instead of stalling.
+BUSY_TIMEOUT_S = 0.5
 
 # Allowed moves. `paused` is reached from running/queued too: reconciliation after a head
 # restart finds a run that Ray forgot but that left a checkpoint.
@@ -41,8 +48,17 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 class JobNotFound(LookupError):
     def __init__(self, job_id: str):
-        super().__init__(f"No job with id {job_id!r}; list jobs with GET /api/jobs.")
+        # The id is not repeated: it comes from the URL, which may carry anything (a pasted token).
+        super().__init__("No job with this id; list jobs with GET /api/jobs.")
         self.job_id = job_id
+
+
+class StoreBusy(RuntimeError):
+    """Another process holds the database's lock (a 503: retry shortly)."""
+
+
+class CorruptStore(RuntimeError):
+    """The database file is not a readable SQLite database; the message says how to recover."""
 
 
 class InvalidTransition(RuntimeError):
@@ -104,14 +120,39 @@ class JobStore:
         self.clock = clock
         self._lock = threading.Lock()
         # One connection per store; the HTTP layer's worker threads share it under the lock.
-        # timeout is SQLite's busy timeout: wait up to 10 s for another process's lock instead of failing.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        # WAL's shared-memory index does not work across hosts on a network filesystem; DELETE does.
-        self._db.execute("PRAGMA journal_mode=DELETE")
-        self._db.execute(_SCHEMA)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            # WAL's shared-memory index does not work across hosts on a network filesystem; DELETE does.
+            self._db.execute("PRAGMA journal_mode=DELETE")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            self._db.execute(_SCHEMA)
+        except sqlite3.OperationalError as err:
+            if not _is_busy(err):
+                raise
+            raise StoreBusy(f"The job database {self.path} is locked by another process; retry shortly.") from None
+        except sqlite3.DatabaseError as err:
+            problems = [str(err)]
+        if problems != ["ok"]:
+            self._db.close()
+            raise CorruptStore(
+                f"The job database {self.path} is corrupt ({'; '.join(problems[:3])}). To recover, move it aside "
+                f"(mv {self.path} {self.path}.corrupt) and restart the app: it starts with an empty database. The "
+                "runs, checkpoints and metrics stay under <storage>/runs (GET /api/training/checkpoints lists them "
+                "and evaluate jobs can use them), and Ray Jobs still lists the jobs it ran (ray job list).")
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The connection for one thread at a time; another process's lock past the busy timeout is StoreBusy."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as err:
+                if not _is_busy(err):
+                    raise
+                raise StoreBusy("The job database is locked by another process; retry shortly.") from None
 
     def create(self, *, job_type: str, preset: str, overrides: dict, run_name: str, run_dir: str,
                total_steps: int | None, idempotency_key: str | None, job_id: str | None = None) -> tuple[JobRecord, bool]:
@@ -120,7 +161,7 @@ class JobStore:
         record = JobRecord(id=job_id or new_job_id(), type=job_type, preset=preset, overrides=overrides,
                            run_name=run_name, run_dir=run_dir, total_steps=total_steps, status="queued",
                            created=now, updated=now, idempotency_key=idempotency_key)
-        with self._lock:
+        with self._locked():
             if idempotency_key is not None:
                 existing = self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                 if existing:
@@ -133,20 +174,20 @@ class JobStore:
         return record, True
 
     def get(self, job_id: str) -> JobRecord:
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(job_id)
         return _row_to_record(row)
 
     def list(self) -> list[JobRecord]:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
         return [_row_to_record(row) for row in rows]
 
     def get_by_key(self, idempotency_key: str) -> JobRecord | None:
         """The job created with this Idempotency-Key (the UNIQUE column is indexed), or None."""
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
         return _row_to_record(row) if row else None
 
@@ -171,14 +212,14 @@ class JobStore:
         if expected_submissions is not None:
             query += " AND submissions = ?"
             params += (json.dumps(expected_submissions),)
-        with self._lock:
+        with self._locked():
             changed = self._db.execute(query, params).rowcount
         if not changed:
             raise InvalidTransition(job_id, self.get(job_id).status, target, action, allowed=[expected])
         return self.get(job_id)
 
     def add_submission(self, job_id: str, submission_id: str) -> JobRecord:
-        with self._lock:
+        with self._locked():
             row = self._db.execute("SELECT submissions FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
@@ -192,10 +233,14 @@ class JobStore:
         query, params = "DELETE FROM jobs WHERE id = ?", (job_id,)
         if expected is not None:
             query, params = query + " AND status = ?", (job_id, expected)
-        with self._lock:
+        with self._locked():
             deleted = self._db.execute(query, params).rowcount
         if not deleted:
             raise InvalidTransition(job_id, self.get(job_id).status, "deleted", action, allowed=[expected])
+
+
+def _is_busy(err: sqlite3.OperationalError) -> bool:
+    return "database is locked" in str(err) or "database is busy" in str(err)
 
 
 def new_job_id() -> str:

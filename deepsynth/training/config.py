@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -33,6 +34,17 @@ STRATEGIES = ("ddp", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # transformers 5.23's ExpertsInterface, plus its built-in loop.
 EXPERTS_IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm", "deepgemm", "sonicmoe")
+# Inclusive bounds of the numeric knobs. The lower ones are what the loop needs; the upper ones sit far above
+# any real run, so that a typo or a probe (max_length=10**12) fails here rather than in an allocation. The
+# seed's is numpy's.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "lora_rank": (1, 4096), "lora_alpha": (1, 65536), "train_limit": (1, 100_000_000), "val_limit": (1, 1_000_000),
+    "max_pages": (1, 256), "max_length": (1, 131_072), "batch_size": (1, 4096), "grad_accum": (1, 4096),
+    "weight_decay": (0, 10), "warmup_steps": (0, 100_000_000), "max_steps": (1, 100_000_000), "grad_clip": (0, 1e6),
+    "seed": (0, 2**32 - 1), "eval_every": (1, 100_000_000), "log_every": (1, 100_000_000),
+    "keep_checkpoints": (1, 1000), "num_workers": (1, 4096),
+}
+MAX_CPUS_PER_WORKER = 1024
 
 
 @dataclass
@@ -161,23 +173,21 @@ class TrainConfig:
         check_policy(self.long_documents)
         if not self.run_name or "/" in self.run_name:
             raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}.")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}.")
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "keep_checkpoints",
-                     "num_workers", "max_length", "max_pages", "val_limit", "lora_rank", "lora_alpha"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("weight_decay", "warmup_steps", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"lr must be positive and at most 1, got {self.lr}.")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low}, {high}], got {value}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}.")
-        if self.max_failures < -1:
-            raise ValueError(f"max_failures must be -1 (unlimited) or >= 0, got {self.max_failures}.")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}.")
+        if not -1 <= self.max_failures <= 1000:
+            raise ValueError(f"max_failures must be -1 (unlimited) or in [0, 1000], got {self.max_failures}.")
+        if not 0 < self.cpus_per_worker <= MAX_CPUS_PER_WORKER:
+            raise ValueError(f"cpus_per_worker must be positive and at most {MAX_CPUS_PER_WORKER}, "
+                             f"got {self.cpus_per_worker}.")
         if self.train_limit is not None and self.train_limit < self.batch_size * self.num_workers:
             raise ValueError(
                 f"train_limit={self.train_limit} is smaller than one step's documents "
@@ -247,13 +257,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return None
     for kind in allowed:
         origin = typing.get_origin(kind) or kind
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is float and isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-            except ValueError:
-                pass
+        if origin is float and not isinstance(value, bool):
+            number = _float(value)
+            if number is not None:
+                if not math.isfinite(number):  # YAML reads .nan and .inf
+                    raise ValueError(f"Config key {key!r} must be a finite number, got {value!r}.")
+                return number
         if origin is list and isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         if origin in (int, str, bool, list) and isinstance(value, origin) and not (
@@ -261,3 +270,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         ):
             return value
     raise ValueError(f"Config key {key!r} expects {hint}, got {value!r} ({type(value).__name__}).")
+
+
+def _float(value: Any) -> float | None:
+    """A number, or a string YAML 1.1 left unparsed ("1e-3", without a dot), as a float; else None."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None

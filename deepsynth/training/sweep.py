@@ -12,11 +12,15 @@ sweep lists the same trials every time (a re-run finds and continues them).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# Trials one sweep may hold: every trial is a run folder, and the job API validates each before it submits.
+MAX_TRIALS = 256
 
 
 @dataclass
@@ -50,8 +54,16 @@ class SweepConfig:
         if self.alphas != "tied" and (not isinstance(self.alphas, list) or not self.alphas):
             raise ValueError(f"alphas must be 'tied' or a list of values, got {self.alphas!r}.")
         for name in ("max_concurrent_trials", "grace_period", "rouge_documents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ValueError(f"{name} must be in [1, 10000], got {getattr(self, name)}.")
+        if not 0 < self.alpha_per_rank <= 1000:
+            raise ValueError(f"alpha_per_rank must be in (0, 1000], got {self.alpha_per_rank}.")
+        size = math.prod(len(values) for values in (
+            self.ranks, self.lrs, [None] if self.alphas == "tied" else self.alphas, self.dropouts,
+            self.target_sets or [None]))
+        if size > MAX_TRIALS:
+            raise ValueError(f"The grid has {size} trials (ranks x lrs x alphas x dropouts x target_sets), more than "
+                             f"MAX_TRIALS={MAX_TRIALS}; search fewer values, or run several sweeps.")
 
     def trials(self) -> list[dict]:
         """Every combination of the searched values, as TrainConfig overrides with a stable run name."""

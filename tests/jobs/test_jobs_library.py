@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from deepsynth.jobs.progress import latest_metrics, list_checkpoints, list_runs, resume_step
+from deepsynth.data.prepared import list_prepared
+from deepsynth.jobs.progress import latest_metrics, list_checkpoints, list_runs, remove_tree, resume_step
 from deepsynth.jobs.ratelimit import RateLimiter
 from deepsynth.jobs.secrets import REDACTED, scrub, secret_values
 from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, build_spec, list_presets
-from deepsynth.jobs.store import InvalidTransition, JobNotFound, JobStore
+from deepsynth.jobs.store import CorruptStore, InvalidTransition, JobNotFound, JobStore, StoreBusy
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +81,8 @@ def test_rate_limiter_refills_with_the_clock():
     assert limiter.acquire("a") == 6
     clock.now += 6
     assert limiter.acquire("a") == 0
+    assert limiter.wait("a") == 10 and limiter.wait("a") == 10, "wait takes no token"
+    assert limiter.wait("c") == 0 and limiter.wait("c") == 0 and limiter.acquire("c") == 0
 
 
 def test_secret_values_and_scrub():
@@ -145,9 +150,56 @@ def test_train_spec_is_server_built_and_quoted(settings, tiny_model_dir):
     ("prepare_dataset", "/etc/x.csv", {}, None),
     ("prepare_dataset", "builtin", {"output": "/tmp"}, "output cannot be set"),
     ("prepare_dataset", "builtin", {"name": "builtin-50"}, "name cannot be set"),
-    ("prepare_dataset", "builtin", {"limit": "ten"}, "wrong type"),
-    ("evaluate", "builtin", {"model": "a/b", "limit": "ten"}, "wrong type"),
+    ("prepare_dataset", "builtin", {"limit": "ten"}, "overrides.limit expects int"),
+    ("evaluate", "builtin", {"model": "a/b", "limit": "ten"}, "overrides.limit expects int"),
     ("prepare_dataset", "builtin", {"splits": ["dev"]}, "splits must be"),
+    # Strict JSON types: nothing is converted, so a list, an object or a string is never read as another type.
+    ("train", "cpu_smoke", {"dataset": ["builtin"]}, "overrides.dataset expects str"),
+    ("train", "cpu_smoke", {"dataset": {"name": "builtin"}}, "overrides.dataset expects str"),
+    ("evaluate", "builtin", {"model": "a/b", "dataset": ["builtin"]}, "overrides.dataset expects str"),
+    ("train", "cpu_smoke", {"lr": "1e-3"}, "overrides.lr expects finite float"),
+    ("train", "cpu_smoke", {"max_steps": 2.5}, "overrides.max_steps expects int"),
+    ("train", "cpu_smoke", {"max_steps": True}, "overrides.max_steps expects int"),
+    ("train", "cpu_smoke", {"augment": "yes"}, "overrides.augment expects bool"),
+    ("train", "cpu_smoke", {"lora_targets": [{}]}, "overrides.lora_targets expects str | list"),
+    ("train", "cpu_smoke", {"lora_targets": 3}, "overrides.lora_targets expects str | list"),
+    ("tune", "sweep_cpu", {"overrides": ["max_steps"]}, "overrides.overrides expects dict"),
+    ("tune", "sweep_cpu", {"overrides": {"max_steps": "2"}}, "overrides.overrides.max_steps expects int"),
+    ("prepare_dataset", "builtin", {"splits": "train"}, "overrides.splits expects list"),
+    # Finite floats only, wherever a float goes.
+    ("train", "cpu_smoke", {"weight_decay": float("nan")}, "weight_decay expects finite float"),
+    ("train", "cpu_smoke", {"cpus_per_worker": float("inf")}, "cpus_per_worker expects finite float"),
+    ("tune", "sweep_cpu", {"lrs": [float("nan")]}, "overrides.lrs expects list"),
+    ("evaluate", "builtin", {"model": "a/b", "repetition_penalty": float("-inf")}, "repetition_penalty expects"),
+    # Bounds of every numeric knob.
+    ("train", "cpu_smoke", {"max_length": 10**12}, "max_length must be in"),
+    ("train", "cpu_smoke", {"cpus_per_worker": 1e9}, "cpus_per_worker must be positive and at most"),
+    ("train", "cpu_smoke", {"seed": -1}, "seed must be in"),
+    ("train", "cpu_smoke", {"lr": 10.0}, "lr must be positive and at most 1"),
+    ("evaluate", "builtin", {"model": "a/b", "num_beams": 17}, "num_beams must be in \\[1, 16\\]"),
+    ("evaluate", "builtin", {"model": "a/b", "max_new_tokens": 10**6}, "max_new_tokens must be in"),
+    ("evaluate", "builtin", {"model": "a/b", "no_repeat_ngram_size": 1000}, "ngram_window"),
+    ("evaluate", "builtin", {"model": "a/b", "concurrency": 3}, "concurrency=3 is above this server's limit of 2"),
+    ("evaluate", "builtin", {"model": "a/b", "limit": 10**9}, "limit must be in"),
+    ("tune", "sweep_cpu", {"ranks": list(range(1, 300))}, "MAX_TRIALS=256"),
+    ("tune", "sweep_cpu", {"ranks": [4, 100_000]}, "lora_rank must be in"),
+    ("tune", "sweep_cpu", {"dropouts": [1.5]}, "lora_dropout must be in"),
+    ("prepare_dataset", "builtin", {"rows_per_shard": 10**9}, "rows_per_shard must be in"),
+    # Enumerated layouts.
+    ("evaluate", "builtin", {"model": "a/b", "layout": "letter"}, "Unknown page layout"),
+    ("evaluate", "builtin", {"model": "a/b", "layout": ["ocr2-page"]}, "overrides.layout expects str"),
+    # Model ids: the Hub's grammar exactly, or a folder under a model root.
+    ("train", "cpu_smoke", {"model": "org/name\n"}, "model roots"),
+    ("train", "cpu_smoke", {"model": "org/name "}, "model roots"),
+    ("train", "cpu_smoke", {"model": "org /name"}, "model roots"),
+    ("train", "cpu_smoke", {"model": "org/na--me"}, "model roots"),
+    ("train", "cpu_smoke", {"model": "org/-name"}, "model roots"),
+    ("train", "cpu_smoke", {"model": "org/" + "n" * 97}, "model roots"),
+    ("train", "cpu_smoke", {"model": "x" * 5000}, "model roots"),
+    ("train", "cpu_smoke", {"model": "ray_jobs/configs"}, "model roots"),
+    ("train", "cpu_smoke", {"model": "ray_jobs"}, "model roots"),
+    ("evaluate", "builtin", {"model": "ray_jobs/configs"}, "model roots"),
+    ("prepare_dataset", "builtin", {"model": "ray_jobs/configs"}, "model roots"),
 ])
 def test_bad_requests_are_refused_naming_the_field(settings, job_type, preset, overrides, match):
     if match is None:  # refused by the schema itself
@@ -157,6 +209,37 @@ def test_bad_requests_are_refused_naming_the_field(settings, job_type, preset, o
     with pytest.raises(SpecError, match=match):
         build_spec(JobRequest(type=job_type, preset=preset, overrides=overrides), "job-1", settings,
                    frozenset({"hf_" + "A" * 30}))
+
+
+def test_typed_overrides_are_accepted_as_they_are(settings, tiny_model_dir):
+    for overrides in ({"lora_targets": "all"}, {"lora_targets": "default"}, {"lora_targets": ["q_proj", "v_proj"]},
+                      {"lr": 1}, {"model": "deepseek-community/DeepSeek-OCR-2"}, {"model": "org_1/name.v2"},
+                      {"train_limit": None}, {"model": str(tiny_model_dir)}):
+        build_spec(JobRequest(type="train", preset="cpu_smoke", overrides=overrides), "job-1", settings)
+
+
+def test_a_relative_model_folder_is_read_from_the_project_folder(settings, tiny_model_dir):
+    model = Path(tiny_model_dir)
+    # Entrypoints run in the project folder: a relative path names a folder there, allowed under a model root.
+    here = JobSettings(storage=settings.storage, configs_dir=settings.configs_dir, project_dir=model.parent,
+                       python=settings.python, model_roots=(str(model.parent),))
+    argv = argv_of(build_spec(JobRequest(type="train", preset="cpu_smoke", overrides={"model": model.name}),
+                              "job-1", here).entrypoint)
+    assert f"model={json.dumps(str(model.resolve()))}" in argv
+    elsewhere = JobSettings(storage=settings.storage, configs_dir=settings.configs_dir, project_dir=model.parent,
+                            python=settings.python, model_roots=(str(PROJECT / "ray_jobs"),))
+    with pytest.raises(SpecError, match="model roots"):
+        build_spec(JobRequest(type="train", preset="cpu_smoke", overrides={"model": model.name}), "job-1", elsewhere)
+
+
+def test_cli_overrides_are_still_parsed_by_yaml_but_stay_finite():
+    from deepsynth.training.config import load_config
+
+    config = load_config("ray_jobs/configs/cpu_smoke.yaml", ["lr=1e-3", "lora_targets=q_proj,v_proj", "seed=3"])
+    assert (config.lr, config.lora_targets, config.seed) == (1e-3, ["q_proj", "v_proj"], 3)
+    for override in ("weight_decay=.nan", "cpus_per_worker=.inf", "lr=nan"):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            load_config("ray_jobs/configs/cpu_smoke.yaml", [override])
 
 
 def test_request_schema_forbids_entrypoint_and_runtime_env():
@@ -224,3 +307,95 @@ def test_store_rows_hold_no_secret_columns(tmp_path):
     new_record(store)
     columns = [row[1] for row in sqlite3.connect(tmp_path / "j.sqlite3").execute("PRAGMA table_info(jobs)")]
     assert not any(word in c for c in columns for word in ("env", "token", "entrypoint"))
+
+
+def test_corrupt_and_half_written_files_are_skipped_with_a_warning(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    good = runs / "good" / "step-000002"
+    good.mkdir(parents=True)
+    (good / "meta.json").write_text(json.dumps({"step": 2, "metrics": {"val_loss": 1.0}, "created": "2026-01-01"}))
+    bad = runs / "bad"
+    for step, text in ((1, '{"step": 1, "metr'), (2, "[1, 2]"), (3, '{"metrics": [1]}'), (4, '{"created": 5}')):
+        (bad / f"step-00000{step}").mkdir(parents=True)
+        (bad / f"step-00000{step}" / "meta.json").write_text(text)
+    (bad / "step-000005").mkdir()
+    (bad / "step-000005" / "meta.json").write_bytes(b"\xff\xfe\x00garbage")
+    (bad / "checkpoint_manager_snapshot.json").write_text('{"latest_checkpoint_result": {"checkpoint_dir')
+    (bad / "logs").mkdir()
+    (bad / "logs" / "metrics.jsonl").write_bytes(b'[1]\n{"loss": 2}\n\xff\xfe\n{"step": 1, "loss": 1.5}\n')
+    with caplog.at_level(logging.WARNING):
+        assert [r["run"] for r in list_runs(str(runs))] == ["good"]
+        assert list_checkpoints(str(bad)) == [] and resume_step(str(bad)) is None
+    assert sum("Skipping" in r.message for r in caplog.records) >= 5, [r.message for r in caplog.records]
+    assert latest_metrics(str(bad)) == {"step": 1, "loss": 1.5}
+    (bad / "checkpoint_manager_snapshot.json").write_text('{"latest_checkpoint_result": "step-000001"}')
+    assert resume_step(str(bad)) is None
+
+    datasets = tmp_path / "datasets"
+    for name, text in (("half", '{"source": "bui'), ("partial", '{"source": "builtin"}')):
+        (datasets / name).mkdir(parents=True)
+        (datasets / name / "manifest.json").write_text(text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert list_prepared(str(datasets)) == []
+    assert len(caplog.records) == 2, [r.message for r in caplog.records]
+
+
+def test_purge_never_follows_symlinks(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "weights.bin").write_text("precious")
+    (outside / "file.txt").write_text("precious")
+    run = tmp_path / "runs" / "job-1"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "metrics.jsonl").write_text("{}")
+    (run / "linked-dir").symlink_to(outside / "keep", target_is_directory=True)
+    (run / "logs" / "linked-file").symlink_to(outside / "file.txt")
+    remove_tree(str(run))
+    assert not run.exists()
+    assert (outside / "keep" / "weights.bin").read_text() == "precious" and (outside / "file.txt").exists()
+
+    link = tmp_path / "runs" / "job-2"
+    link.symlink_to(outside, target_is_directory=True)  # the run folder itself a link
+    remove_tree(str(link))
+    assert not link.is_symlink() and (outside / "keep" / "weights.bin").exists() and (outside / "file.txt").exists()
+    remove_tree(str(tmp_path / "runs" / "missing"))  # a missing folder is fine
+
+
+def test_a_locked_database_answers_store_busy_quickly(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3", clock=FakeClock())
+    record, _ = new_record(store)
+    other = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process (a backup, a shell) holds the lock
+    try:
+        for call in (lambda: store.get(record.id), store.list, lambda: new_record(store),
+                     lambda: store.transition(record.id, "running", expected="queued")):
+            start = time.monotonic()
+            with pytest.raises(StoreBusy, match="locked by another process"):
+                call()
+            assert time.monotonic() - start < 2
+    finally:
+        other.execute("ROLLBACK")
+    assert store.get(record.id).status == "queued", "the store works again once the lock is gone"
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\x00" * 84 + b"\xff" * 4000])
+def test_a_corrupt_database_stops_with_how_to_recover(tmp_path, content):
+    path = tmp_path / "jobs.sqlite3"
+    path.write_bytes(content)
+    with pytest.raises(CorruptStore, match=r"is corrupt .* move it aside \(mv .*jobs.sqlite3 .*\.corrupt\)"):
+        JobStore(path, clock=FakeClock())
+
+
+def test_a_database_with_a_damaged_page_stops_with_how_to_recover(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path, clock=FakeClock())
+    for _ in range(200):
+        new_record(store)
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[2 * page:3 * page] = b"\xa5" * page  # a table page overwritten
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptStore, match="move it aside"):
+        JobStore(path, clock=FakeClock())
