@@ -8,12 +8,16 @@ Mounted at `/api`, it serves `GET /api/healthz`, presets and listings, and `/api
 file `api_token_file` or the environment variable `api_token_env` (default DEEPSYNTH_API_TOKEN),
 so it never appears in the Serve config or the Ray dashboard. The replica reaches Ray Jobs with
 Ray's own token (RAY_AUTH_TOKEN or Ray's token file) through a `JobSubmissionClient`. The HTTP
-layer is thin: it checks the token, parses pydantic schemas and calls `JobService`.
+layer is thin: it checks the token, parses pydantic schemas and calls `JobService`. Every answer
+is JSON: a body over `max_body_bytes` is a 413 before it is read, a client that keeps sending
+wrong tokens gets 429s, a locked job database a 503, and anything unexpected a 500 without detail
+(the traceback goes to the replica's log).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import sys
 import time
@@ -28,6 +32,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deepsynth.data.prepared import list_prepared
 from deepsynth.evaluation.benchmarks import BENCHMARKS
@@ -36,14 +42,18 @@ from deepsynth.jobs.ratelimit import RateLimiter
 from deepsynth.jobs.secrets import scrub, secret_values
 from deepsynth.jobs.service import Conflict, JobService, RateLimited, RayUnavailable
 from deepsynth.jobs.specs import JobRequest, JobSettings, SpecError, list_presets, training_sizes
-from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobStore
-from deepsynth.logs import configure_serve_logging, serve_logging_config
+from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobStore, StoreBusy
+from deepsynth.logs import SERVE_LOGGER_NAME, configure_serve_logging, serve_logging_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Query parameters that would carry a token in a URL (and so into proxy and access logs).
 TOKEN_PARAMS = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
 UNAUTHORIZED = ("Missing or invalid token: send 'Authorization: Bearer <DEEPSYNTH_API_TOKEN>' as a header "
                 "(never in the URL).")
+HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+# Serve's own logger: its handlers write the replica's log file, and configure_serve_logging scrubs them.
+logger = logging.getLogger(SERVE_LOGGER_NAME)
 
 
 class AppArgs(BaseModel):
@@ -72,6 +82,12 @@ class AppArgs(BaseModel):
     """Jobs a client may create per minute, on average."""
     rate_burst: int = Field(5, ge=1)
     """Jobs a client may create at once before the rate applies."""
+    failed_logins_per_minute: int = Field(10, ge=1)
+    """Wrong or missing tokens one client host may send per minute (and at once) before every request from it
+    is a 429 with Retry-After, until the bucket refills."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body; a larger one (declared in Content-Length or streamed) is a 413, refused before it is
+    read. Job requests are a few KB."""
     project_dir: str | None = None
     """Where entrypoints run (holds ray_jobs/); default the folder this package is in."""
     python: str | None = None
@@ -132,6 +148,42 @@ def error(status: int, kind: str, message: str, headers: dict[str, str] | None =
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
+class PayloadTooLarge(StarletteHTTPException):
+    """Raised from `receive` by `BodyLimit`; FastAPI re-raises HTTP exceptions from body parsing as they are."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body is larger than this server's limit of {limit:,} bytes.")
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `max_bytes` is a 413. One whose Content-Length says so is answered before a
+    byte of it is read, so a client that declares 10 GB and sends nothing is not waited for; a streamed one
+    (chunked) fails as soon as it passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error(413, "payload_too_large", PayloadTooLarge(self.max_bytes).detail,
+                             {"Connection": "close"})
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def read_api_token(args: AppArgs, environ: dict[str, str]) -> str:
     if args.api_token_file:
         token = Path(args.api_token_file).read_text().strip()
@@ -151,11 +203,20 @@ def read_ray_token(environ: dict[str, str]) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> FastAPI:
-    """The FastAPI app over a JobService; auth is a middleware, so a bad token costs no handler work."""
+def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, failed_logins: RateLimiter,
+               max_body_bytes: int) -> FastAPI:
+    """The FastAPI app over a JobService; auth is a middleware, so a bad token costs no handler work.
+
+    `failed_logins` has one bucket per client host, taken from by each wrong token; an empty bucket makes every
+    request from that host a 429, a right token included, so guessing is no faster than the bucket refills.
+    """
     app = FastAPI(title="DeepSynth job API", version="1",
                   description="Create, watch, pause, resume and delete training, sweep, evaluation and dataset jobs.",
-                  responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+                  responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+                             500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    # Outside auth, so an oversized body is refused before anything else looks at the request.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     expected = f"Bearer {api_token}".encode()
 
     @app.middleware("http")
@@ -165,10 +226,16 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> 
         path = path[len(root):] if root and path.startswith(root) else path
         if path == "/healthz":
             return await call_next(request)
+        host = request.client.host if request.client else "unknown"
+        wait = failed_logins.wait(host)
+        if wait:
+            return error(429, "too_many_failed_logins", f"Too many requests with a wrong token from this client; "
+                         f"retry in {wait:.0f} s.", {"Retry-After": str(int(wait))})
         query = unquote(request.scope.get("query_string", b"").decode("latin-1"))
         in_query = api_token in query or any(k.lower() in TOKEN_PARAMS for k, _ in parse_qsl(query))
         given = request.headers.get("authorization", "").encode()
         if in_query or not hmac.compare_digest(given, expected):
+            failed_logins.acquire(host)
             return error(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
@@ -177,6 +244,12 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> 
         # Location and reason only: pydantic's messages can echo the input, which may hold a secret.
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return error(422, "invalid_request", scrub(problems, secrets))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Starlette's own texts ("Not Found"), never the path: a URL may carry anything, a pasted token too.
+        return error(exc.status_code, HTTP_ERRORS.get(exc.status_code, "invalid_request"), str(exc.detail),
+                     dict(exc.headers or {}))
 
     @app.exception_handler(SpecError)
     async def bad_spec(request: Request, exc: SpecError):
@@ -201,6 +274,17 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> 
     @app.exception_handler(RayUnavailable)
     async def ray_unavailable(request: Request, exc: RayUnavailable):
         return error(503, "ray_unavailable", scrub(str(exc), secrets), {"Retry-After": "5"})
+
+    @app.exception_handler(StoreBusy)
+    async def store_busy(request: Request, exc: StoreBusy):
+        return error(503, "store_busy", str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # Our bug: the traceback goes to the replica's log (scrubbed of secrets), the client gets no internals.
+        route = getattr(request.scope.get("route"), "path", "an unknown route")
+        logger.error("Unhandled error on %s %s", request.method, route, exc_info=exc)
+        return error(500, "internal_error", "The server failed on this request; see the replica's log.")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -311,13 +395,17 @@ class JobsAPI:
         environ = dict(os.environ)
         client = (client_factory or ray_job_client)(parsed.ray_dashboard_url, environ)
         self.service, self.api_token, self.secrets = build_service(parsed, environ, client)
+        self.failed_logins = RateLimiter(parsed.failed_logins_per_minute, parsed.failed_logins_per_minute,
+                                         clock=time.monotonic)
+        self.max_body_bytes = parsed.max_body_bytes
         log = configure_serve_logging(secrets=self.secrets)
         reconciled = self.service.reconcile()
         if reconciled:
             log.info("Reconciled job records with Ray: %s", reconciled)
 
     def __serve_build_asgi_app__(self):
-        return create_api(self.service, self.api_token, self.secrets)
+        return create_api(self.service, self.api_token, self.secrets, failed_logins=self.failed_logins,
+                          max_body_bytes=self.max_body_bytes)
 
 
 def build_app(args: dict) -> Application:

@@ -65,7 +65,7 @@ def api(ray_cluster, serve_url, tiny_model_dir, tmp_path_factory):
                           "--output", str(root / "storage"), "--rows-per-shard", "16"])
     args = {"state_dir": str(root / "state"), "storage": str(root / "storage"), "api_token_file": str(token_file),
             "ray_dashboard_url": ray_cluster.dashboard_url, "model_roots": [str(Path(tiny_model_dir).parent)],
-            "max_workers": 2, "rate_per_minute": 2, "rate_burst": 10}
+            "max_workers": 2, "rate_per_minute": 2, "rate_burst": 10, "failed_logins_per_minute": 1000}
     build_app(args)  # the builder checks its args
     # The replica's environment stands in for a node's: it holds HF_TOKEN, which must never reach a job's
     # runtime_env, metadata or any response. (In production it comes from the node, not from Serve's config.)
