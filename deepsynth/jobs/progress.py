@@ -17,6 +17,7 @@ import re
 import pyarrow.fs as pafs
 
 from deepsynth.data.prepared import filesystem, join
+from deepsynth.training.checkpoint import is_complete
 
 STEP_DIR = re.compile(r"^step-(\d{6})$")
 
@@ -46,7 +47,8 @@ def latest_metrics(run_dir: str) -> dict | None:
 
 
 def list_checkpoints(run_dir: str) -> list[dict]:
-    """Complete checkpoints (`step-XXXXXX/` with a meta.json) of a run, by step."""
+    """Complete checkpoints of a run, by step: `step-XXXXXX/` folders whose meta.json (written last) is there and
+    whose listed files all are (`is_complete`)."""
     fs, path = filesystem(run_dir)
     found = []
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
@@ -57,6 +59,8 @@ def list_checkpoints(run_dir: str) -> list[dict]:
             with fs.open_input_stream(join(info.path, "meta.json")) as f:
                 meta = json.loads(f.read())
         except FileNotFoundError:
+            continue
+        if not is_complete(join(run_dir, info.base_name), meta):
             continue
         found.append({"step": int(match.group(1)), "path": join(run_dir, info.base_name),
                       "metrics": meta.get("metrics", {}), "created": meta.get("created")})
