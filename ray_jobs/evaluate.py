@@ -39,7 +39,7 @@ from deepsynth.evaluation.generation import generate_summaries
 from deepsynth.evaluation.metrics import mean_words, repetition_rate, rouge_scores
 from deepsynth.logs import LOG_FORMATS, configure_logging, logger, ray_init_logging
 from deepsynth.template import Template
-from deepsynth.training.checkpoint import load_source, read_template
+from deepsynth.training.checkpoint import load_source, local_checkpoint, read_template
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # The flags' defaults are EvalConfig's, the class the job API validates evaluate jobs against.
     defaults = {f.name: f.default for f in fields(EvalConfig)}
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")
+    source.add_argument("--checkpoint", help="a step-XXXXXX folder written by ray_jobs.train, or its s3:// / gs:// URI")
     source.add_argument("--model", help="a base model: hub id or local folder")
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a preset: dataset, split, reference scores")
     parser.add_argument("--dataset", default="builtin", help="ignored with --benchmark")
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
         "reference": asdict(benchmark) if benchmark and benchmark.reference_rouge else None,
     }
     default_name = f"eval-{Path(dataset).stem}-{split}.json"
-    out = Path(args.out) if args.out else Path(args.checkpoint or ".") / default_name
+    # Next to the checkpoint, or for a checkpoint in cloud storage next to its local copy.
+    beside = local_checkpoint(args.checkpoint) if args.checkpoint else Path(".")
+    out = Path(args.out) if args.out else beside / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     with out.with_suffix(".predictions.jsonl").open("w") as f:

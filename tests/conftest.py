@@ -61,7 +61,7 @@ def lora_checkpoint(tiny, tiny_model_dir, tmp_path):
     """A LoRA checkpoint folder as ray_jobs.train writes it, with perturbed adapters and an eval report."""
     import json
 
-    from deepsynth.training.checkpoint import save_model_files, trained_state_dict, write_checkpoint
+    from deepsynth.training.checkpoint import save_checkpoint, trained_state_dict
     from deepsynth.training.config import TrainConfig
     from deepsynth.training.modes import prepare_trainable
 
@@ -72,9 +72,9 @@ def lora_checkpoint(tiny, tiny_model_dir, tmp_path):
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)  # as if trained
     config = TrainConfig(model=str(tiny_model_dir), mode="lora", run_name="card-test", lora_rank=4, lora_alpha=8)
-    path = write_checkpoint(tmp_path / "run", 9, lambda folder: save_model_files(
-        folder, step=9, model=model, processor=processor, config=config, family_name=family.name,
-        metrics={"val_loss": 1.0}, weights=trained_state_dict(model)))
+    path = save_checkpoint(
+        tmp_path / "run", 9, model=model, processor=processor, config=config, family_name=family.name,
+        metrics={"val_loss": 1.0}, weights=trained_state_dict(model))
     report = {"dataset": "builtin", "split": "test", "documents": 20, "repetition_rate": 0.05,
               "rouge": {"rouge1": 0.61, "rouge2": 0.42, "rougeL": 0.6}}
     (path / "eval-builtin-test.json").write_text(json.dumps(report))

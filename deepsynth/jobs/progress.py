@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from deepsynth.data.prepared import filesystem, join, read_json_object
+from deepsynth.training.checkpoint import is_complete
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def latest_metrics(run_dir: str) -> dict | None:
 
 
 def list_checkpoints(run_dir: str) -> list[dict]:
-    """Complete checkpoints (`step-XXXXXX/` with a meta.json) of a run, by step."""
+    """Complete checkpoints of a run, by step: `step-XXXXXX/` folders whose meta.json (written last) is there and
+    whose listed files all are (`is_complete`)."""
     fs, path = filesystem(run_dir)
     found = []
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
@@ -69,6 +71,8 @@ def list_checkpoints(run_dir: str) -> list[dict]:
         if not isinstance(metrics, dict) or not isinstance(created, (str, type(None))):
             logger.warning("Skipping %s: its meta.json has no metrics mapping or created time.", info.path)
             continue
+        if not isinstance(meta.get("files", {}), dict) or not is_complete(join(run_dir, info.base_name), meta):
+            continue  # a copy or deletion cut short
         found.append({"step": int(match.group(1)), "path": join(run_dir, info.base_name), "metrics": metrics,
                       "created": created})
     return sorted(found, key=lambda c: c["step"])

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from deepsynth.training.checkpoint import ADAPTER_DIR, load_trained_weights
+from deepsynth.training.checkpoint import ADAPTER_DIR, load_trained_weights, local_checkpoint
 
 CHECKPOINT_ADAPTER = "default"  # PEFT's name for the adapter of a LoRA checkpoint loaded with load_checkpoint
 
@@ -62,7 +61,7 @@ class AdapterSet:
             raise KeyError(f"Unknown adapter {name!r}; servable adapters: {sorted(self.paths)}.")
         if name in self._handles:
             return self._handles[name]
-        path = Path(self.paths[name])
+        path = local_checkpoint(self.paths[name])
         config = LoraConfig.from_pretrained(path / ADAPTER_DIR)
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, config)

@@ -9,16 +9,19 @@ A checkpoint folder holds
 - the resume state: `optimizer.pt` (optimizer and scheduler; `deepspeed/` shards under ZeRO)
   and one `rank-N.pt` per worker with its RNG states and data position.
 
-It is written to `step-000123.tmp/` and renamed when complete, so a reader never sees half a
-checkpoint. Serving, evaluation and tests load it through `load_checkpoint` (via `load_source`,
-which also takes a base model).
+A checkpoint is complete or invisible. Its files are written to `step-000123.tmp/` and renamed;
+Ray Train then copies the folder to storage file by file, which is not atomic, so meta.json is not
+part of that copy: `publish_meta` writes it last, once every rank's files are in storage, and
+nothing lists, loads, serves or evaluates a folder without one. Serving, evaluation and tests load
+a checkpoint through `load_checkpoint` (via `load_source`, which also takes a base model).
 
-    path = write_checkpoint(out_dir, step, lambda folder: save_model_files(folder, ...))
+    path = save_checkpoint(out_dir, step, model=model, processor=processor, config=config, ...)
     model, processor, family, template = load_checkpoint(path)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -30,17 +33,22 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import deepsynth
+from deepsynth.data.prepared import filesystem, join
 from deepsynth.model.loading import load_model_and_processor
 from deepsynth.template import Template
 
 DECODER_WEIGHTS = "decoder.safetensors"
 ADAPTER_DIR = "adapter"
+META_FILE = "meta.json"
+PENDING_META = "meta.pending.json"
+"""meta.json's content as uploaded with the rest, for a resume to publish if a crash cut the run off before."""
 
 
 def step_dir_name(step: int) -> str:
@@ -94,17 +102,10 @@ def write_checkpoint(parent: str | Path, step: int, write_files: Callable[[Path]
 
 
 def save_model_files(
-    folder: Path,
-    *,
-    step: int,
-    model: nn.Module,
-    processor: Any,
-    config: Any,
-    family_name: str,
-    metrics: dict[str, float],
-    weights: dict[str, torch.Tensor],
+    folder: Path, *, model: nn.Module, processor: Any, config: Any, weights: dict[str, torch.Tensor]
 ) -> None:
-    """The trained weights (adapter or decoder), processor, config and meta.json: what inference needs."""
+    """The trained weights (adapter or decoder), processor and config: what inference needs, but for meta.json,
+    which `publish_meta` writes once the rest is in storage."""
     if config.mode == "full":
         save_file(weights, folder / DECODER_WEIGHTS)
     else:
@@ -116,7 +117,12 @@ def save_model_files(
         save_file({k: v.contiguous() for k, v in adapter.items()}, folder / ADAPTER_DIR / "adapter_model.safetensors")
     processor.save_pretrained(folder)
     (folder / "train_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    meta = {
+
+
+def checkpoint_meta(*, step: int, config: Any, family_name: str, metrics: dict[str, float],
+                    files: dict[str, int]) -> dict:
+    """meta.json's content: what a reader needs to load the folder, and the files (with sizes) that make it complete."""
+    return {
         "step": step,
         "metrics": metrics,
         "base_model": config.model,
@@ -125,15 +131,122 @@ def save_model_files(
         "template": Template.from_train_config(config).to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": library_versions(),
+        "files": files,
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder`, by its path relative to it, with its size."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def is_complete(checkpoint_dir: str, meta: dict) -> bool:
+    """Whether every file meta.json lists is in the folder at its size (a copy or a deletion cut short is not).
+
+    Checkpoints from before meta.json listed its files count as complete, as they were then.
+    """
+    files = meta.get("files")
+    if files is None:
+        return True
+    fs, path = filesystem(checkpoint_dir)
+    infos = fs.get_file_info([join(path, name) for name in files])
+    return all(info.type == pafs.FileType.File and info.size == files[info.path[len(path) + 1:]] for info in infos)
+
+
+def publish_meta(checkpoint_dir: str, meta: dict) -> None:
+    """Write meta.json into a checkpoint folder in storage, last, after every other file is there.
+
+    meta.json is the completion marker: a folder without it is not listed, loaded or served. On a
+    local or mounted filesystem it appears whole (written beside, synced, renamed); on object stores a
+    single PUT is atomic already.
+    """
+    fs, path = filesystem(checkpoint_dir)
+    body = json.dumps(meta, indent=2).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        final = Path(path) / META_FILE
+        tmp = final.with_name(META_FILE + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        directory = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
+        return
+    with fs.open_output_stream(join(path, META_FILE)) as f:
+        f.write(body)
+
+
+def publish_missing_meta(checkpoint_dir: str, meta: dict) -> None:
+    """`publish_meta`, unless the folder has its meta.json already."""
+    fs, path = filesystem(checkpoint_dir)
+    if fs.get_file_info(join(path, META_FILE)).type == pafs.FileType.NotFound:
+        publish_meta(checkpoint_dir, meta)
+
+
+def unpublish_meta(checkpoint_dir: str) -> None:
+    """Remove a checkpoint folder's meta.json (if any) before its files are written again: invisible until re-published."""
+    fs, path = filesystem(checkpoint_dir)
+    try:
+        fs.delete_file(join(path, META_FILE))
+    except FileNotFoundError:
+        pass
+
+
+def save_checkpoint(parent: str | Path, step: int, *, model: nn.Module, processor: Any, config: Any, family_name: str,
+                    metrics: dict[str, float], weights: dict[str, torch.Tensor]) -> Path:
+    """A complete `parent/step-XXXXXX/` outside a training run (tests, conversions): the files, then meta.json."""
+    path = write_checkpoint(parent, step, lambda folder: save_model_files(
+        folder, model=model, processor=processor, config=config, weights=weights))
+    publish_meta(str(path), checkpoint_meta(step=step, config=config, family_name=family_name, metrics=metrics,
+                                            files=file_sizes(path)))
+    return path
+
+
+def local_checkpoint(path: str | Path) -> Path:
+    """A checkpoint as a local folder: itself, or for an `s3://`, `gs://` (any pyarrow) URI a copy in the cache.
+
+    The copy goes to `$DEEPSYNTH_CACHE/checkpoints/` (default `~/.cache/deepsynth`), named after the URI,
+    and is reused while complete. Only a complete checkpoint is copied, into a temp folder renamed at the end.
+    """
+    if "://" not in str(path):
+        return Path(path)
+    uri = str(path).rstrip("/")
+    cache = Path(os.environ.get("DEEPSYNTH_CACHE", Path.home() / ".cache" / "deepsynth")) / "checkpoints"
+    local = cache / hashlib.sha256(uri.encode()).hexdigest()[:16] / uri.rsplit("/", 1)[-1]
+    if (local / META_FILE).exists() and is_complete(str(local), json.loads((local / META_FILE).read_text())):
+        return local
+    fs, remote = filesystem(uri)
+    try:
+        with fs.open_input_stream(join(remote, META_FILE)) as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is not a DeepSynth checkpoint (no meta.json); pass a step-XXXXXX folder.") from None
+    if not is_complete(uri, meta):
+        raise FileNotFoundError(f"{uri} is an incomplete checkpoint: files its meta.json lists are missing or cut short.")
+    tmp = local.with_name(local.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pafs.copy_files(remote, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    shutil.rmtree(local, ignore_errors=True)
+    os.replace(tmp, local)
+    return local
 
 
 def read_meta(path: str | Path) -> dict:
-    meta_file = Path(path) / "meta.json"
+    """A checkpoint's meta.json; raises FileNotFoundError for a folder that is not a complete checkpoint."""
+    path = local_checkpoint(path)
+    meta_file = Path(path) / META_FILE
     if not meta_file.exists():
         raise FileNotFoundError(f"{path} is not a DeepSynth checkpoint (no meta.json); pass a step-XXXXXX folder.")
-    return json.loads(meta_file.read_text())
+    meta = json.loads(meta_file.read_text())
+    if not is_complete(str(path), meta):
+        raise FileNotFoundError(f"{path} is an incomplete checkpoint: files its meta.json lists are missing or cut "
+                                "short (a copy or deletion was interrupted); use another step-XXXXXX folder.")
+    return meta
 
 
 def read_template(path: str | Path) -> Template:
@@ -141,7 +254,7 @@ def read_template(path: str | Path) -> Template:
     meta = read_meta(path)
     if "template" in meta:
         return Template.from_dict(meta["template"])
-    config = yaml.safe_load((Path(path) / "train_config.yaml").read_text())
+    config = yaml.safe_load((local_checkpoint(path) / "train_config.yaml").read_text())
     return Template(layout=config["layout"], max_pages=config["max_pages"], prompt=config["prompt"])
 
 
@@ -184,10 +297,10 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Load a checkpoint for inference: the base model with the trained weights or adapter applied, and its template.
 
-    A QLoRA adapter is applied to the base model in `dtype`, not in 4 bits. `dtype="auto"` is the
+    `path` is a step-XXXXXX folder, or its `s3://` / `gs://` URI (copied to the local cache first). A QLoRA adapter is applied to the base model in `dtype`, not in 4 bits. `dtype="auto"` is the
     base checkpoint's own (bf16 for the published DeepSeek-OCR-2 and the tiny model).
     """
-    path = Path(path)
+    path = local_checkpoint(path)
     meta = read_meta(path)
     # Training never changes the processor, so the base model's is the checkpoint's.
     base, processor, family = load_model_and_processor(

@@ -32,6 +32,7 @@ from deepsynth.template import DEFAULT_LAYOUT, DEFAULT_MAX_PAGES
 MODES = ("full", "lora", "qlora")
 STRATEGIES = ("ddp", "deepspeed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
 # transformers 5.23's ExpertsInterface, plus its built-in loop.
 EXPERTS_IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm", "deepgemm", "sonicmoe")
 # Inclusive bounds of the numeric knobs. The lower ones are what the loop needs; the upper ones sit far above
@@ -122,9 +123,11 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     lr: float = 2e-4
-    """Peak learning rate (AdamW), reached after warmup_steps, then cosine decay."""
+    """Peak learning rate, reached after warmup_steps, then cosine decay."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """Weight decay (decoupled for AdamW, L2 for SGD)."""
+    optimizer: str = "adamw"
+    """adamw, or sgd (plain, no momentum: each update is lr times the gradient, so the gradient's scale shows)."""
     warmup_steps: int = 10
     """Steps of linear warmup from 0 to lr."""
     max_steps: int = 1000
@@ -164,6 +167,7 @@ class TrainConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("log_format", self.log_format, LOG_FORMATS)
         resolve_dtype(self.dtype)  # raises naming dtype and its choices
         try:

@@ -15,6 +15,7 @@ from page counts before anything renders; the counts go into every metrics recor
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import tempfile
@@ -34,11 +35,17 @@ from deepsynth.data.datasets import load_records
 from deepsynth.logs import configure_logging
 from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.checkpoint import (
+    PENDING_META,
+    checkpoint_meta,
+    file_sizes,
     load_trained_weights,
+    publish_meta,
+    publish_missing_meta,
     restore_rng_state,
     rng_state,
     save_model_files,
     step_dir_name,
+    unpublish_meta,
     write_checkpoint,
 )
 from deepsynth.training.config import TrainConfig
@@ -71,9 +78,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             load_trained_weights(model, Path(folder), config.mode)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.max_steps))
     strategy = make_strategy(config, model, optimizer, scheduler, amp_dtype)
     _, input_dtype = placement(strategy.model)  # after the strategy: DeepSpeed casts the model to bf16/fp16
@@ -83,6 +88,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
         with checkpoint.as_directory() as folder:
             strategy.load_state(Path(folder))
             state = torch.load(Path(folder) / f"rank-{rank}.pt", weights_only=False)
+            if rank == 0 and (Path(folder) / PENDING_META).exists():
+                # Ray Train resumes from the checkpoint it registered last; a kill after registering it but
+                # before meta.json was written left it complete but unmarked.
+                publish_missing_meta(checkpoint_uri(config.storage_path, config.run_name, step_dir_name(state["step"])),
+                                     json.loads((Path(folder) / PENDING_META).read_text()))
         restore_rng_state(state["rng"])
         start_step, position, val_loss = state["step"], state["position"], state["val_loss"]
 
@@ -109,7 +119,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
     stop = StopPoller(config.run_name)
     configure_logging(config.log_format, run_name=config.run_name, rank=rank)
     gauges = TrainGauges(config.run_name, rank)
-    log = MetricsLog(log_dir(config), config.run_name, config.to_dict()) if rank == 0 else None
+    mirror = f"{config.storage_path.rstrip('/')}/{config.run_name}/logs/metrics.jsonl" if "://" in config.storage_path \
+        else None
+    log = MetricsLog(log_dir(config), config.run_name, config.to_dict(), mirror) if rank == 0 else None
     if val_loss is None:
         val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         if log:
@@ -137,7 +149,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         window.add(micro_batches, t_compute - t_data, time.perf_counter() - t_compute, world_size)
 
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
-        stopping = all_reduce_sum(float(stop.requested()), device) > 0
+        stopping = all_reduce_sum(float(stop.requested(step)), device) > 0
         if evaluate_now:
             val_loss = evaluate(strategy.model, val_batches, device, input_dtype, amp_dtype)
         metrics = {"step": step, "time": time.time(), "epoch": page_batches.epoch, "loss": step_loss, "val_loss": val_loss,
@@ -166,21 +178,53 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
 def report_with_checkpoint(config: TrainConfig, step: int, metrics: dict, strategy: Strategy, model, processor,
                            family_name: str, rank: int, position: int) -> None:
-    """Every rank writes its part of `step-XXXXXX/` and reports it; Ray Train merges and persists them."""
+    """Every rank writes its part of `step-XXXXXX/` and reports it; Ray Train merges and persists them.
+
+    Ray Train's copy to storage is file by file, so meta.json, the mark of a complete checkpoint,
+    is left out of it and written by rank 0 once every rank's report (a synchronous upload) has
+    returned. A folder being written again (a resumed run repeating a step) loses its meta.json first.
+    """
     weights = strategy.trained_weights()  # every rank: a collective under ZeRO-3
+    in_storage = checkpoint_uri(config.storage_path, config.run_name, step_dir_name(step))
+    if rank == 0:
+        unpublish_meta(in_storage)
 
     def write(folder: Path) -> None:
         if rank == 0:
-            save_model_files(folder, step=step, model=model, processor=processor, config=config,
-                             family_name=family_name, metrics=metrics, weights=weights)
+            save_model_files(folder, model=model, processor=processor, config=config, weights=weights)
         strategy.save_state(folder, rank)
         torch.save({"step": step, "position": position, "val_loss": metrics["val_loss"], "rng": rng_state()},
                    folder / f"rank-{rank}.pt")
 
     with tempfile.TemporaryDirectory(prefix="deepsynth-ckpt-") as staging:
         path = write_checkpoint(staging, step, write)
+        files = gather_file_sizes(file_sizes(path))
+        meta = checkpoint_meta(step=step, config=config, family_name=family_name, metrics=metrics, files=files)
+        if rank == 0:
+            # Kept with the resume state, so a resume can mark a checkpoint that a crash left unmarked.
+            (path / PENDING_META).write_text(json.dumps(meta, indent=2))
+            meta["files"][PENDING_META] = (path / PENDING_META).stat().st_size
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
                          checkpoint_dir_name=step_dir_name(step))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()  # every rank's report has returned: its files are in storage
+    if rank == 0:
+        publish_meta(in_storage, meta)
+
+
+def gather_file_sizes(mine: dict[str, int]) -> dict[str, int]:
+    """Every rank's checkpoint files (they share one folder in storage), on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return mine
+    gathered: list[dict[str, int]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, mine)
+    return {name: size for files in gathered for name, size in files.items()}
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 @torch.no_grad()
@@ -293,7 +337,8 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
 
 
 def log_dir(config: TrainConfig) -> Path:
-    """The run's log folder: beside its checkpoints for local storage, a local folder for cloud URIs."""
+    """The run's log folder: beside its checkpoints for local storage, a local folder for cloud URIs (whose
+    metrics.jsonl MetricsLog mirrors to storage)."""
     if "://" in config.storage_path:
         return Path(tempfile.gettempdir()) / "deepsynth-logs" / config.run_name
     return Path(config.storage_path) / config.run_name / "logs"

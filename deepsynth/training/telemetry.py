@@ -21,11 +21,13 @@ import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
 from ray.util import metrics as ray_metrics
 
+from deepsynth.data.prepared import filesystem
 from deepsynth.jobs.secrets import SECRET_NAME
 from deepsynth.logs import logger
 
@@ -95,13 +97,29 @@ def tracking_run_id(storage_path: str, run_name: str) -> str:
     return hashlib.sha256(f"{storage_path}\0{run_name}".encode()).hexdigest()[:16]
 
 
+MIRROR_EVERY_S = 5.0
+
+
 class MetricsLog:
     """Rank 0's sinks: metrics.jsonl, TensorBoard, progress log records, and MLflow / W&B when configured."""
 
-    def __init__(self, log_dir: Path, run_name: str, config: dict):
+    def __init__(self, log_dir: Path, run_name: str, config: dict, mirror: str | None = None):
+        """`mirror`: where metrics.jsonl goes in cloud storage (through pyarrow, as Ray Train writes the run),
+        copied there at most every MIRROR_EVERY_S seconds and at each checkpoint; None when `log_dir` is
+        in the run folder already."""
         log_dir.mkdir(parents=True, exist_ok=True)
         self.run_name = run_name
-        self.jsonl = (log_dir / "metrics.jsonl").open("a")
+        self.local = log_dir / "metrics.jsonl"
+        self.mirror, self.mirrored_at = mirror, 0.0
+        if mirror:
+            # A resumed run on another machine continues the log that storage holds.
+            fs, path = filesystem(mirror)
+            try:
+                with fs.open_input_stream(path) as f:
+                    self.local.write_bytes(f.read())
+            except FileNotFoundError:
+                self.local.write_bytes(b"")
+        self.jsonl = self.local.open("a")
         from torch.utils.tensorboard import SummaryWriter
 
         self.tensorboard = SummaryWriter(str(log_dir / "tensorboard"))
@@ -119,6 +137,8 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
+        if self.mirror and time.monotonic() - self.mirrored_at >= MIRROR_EVERY_S:
+            self.sync()
         for key, value in metrics.items():
             self.tensorboard.add_scalar(key, value, step)
         if self.mlflow:
@@ -139,9 +159,21 @@ class MetricsLog:
             self.mlflow.set_tag(MLFLOW_CHECKPOINT_TAG, path)
         if self.wandb:
             self.wandb.summary["latest_checkpoint"] = path
+        self.sync()
+
+    def sync(self) -> None:
+        """Copy metrics.jsonl to its place in cloud storage (a whole-object write: object stores cannot append)."""
+        if not self.mirror:
+            return
+        fs, path = filesystem(self.mirror)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
+        with fs.open_output_stream(path) as f:
+            f.write(self.local.read_bytes())
+        self.mirrored_at = time.monotonic()
 
     def close(self) -> None:
         self.jsonl.close()
+        self.sync()
         self.tensorboard.close()
         if self.mlflow:
             self.mlflow.end_run()

@@ -6,7 +6,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from deepsynth.evaluation.generation import GenerationOptions, generate_summaries
 from deepsynth.evaluation.metrics import has_repetition_loop, repetition_rate, rouge_scores
-from deepsynth.training.checkpoint import save_model_files, trained_state_dict, write_checkpoint
+from deepsynth.training.checkpoint import save_checkpoint, trained_state_dict
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.modes import prepare_trainable
 from ray_jobs import evaluate
@@ -61,9 +61,9 @@ def test_evaluate_writes_a_report_next_to_the_checkpoint(tiny, tiny_model_dir, t
     model, processor, family = tiny
     model, _ = prepare_trainable(model, family, "lora", rank=4, alpha=8, dropout=0.0)
     config = TrainConfig(model=str(tiny_model_dir), mode="lora")
-    checkpoint = write_checkpoint(tmp_path, 5, lambda folder: save_model_files(
-        folder, step=5, model=model, processor=processor, config=config, family_name=family.name,
-        metrics={}, weights=trained_state_dict(model)))
+    checkpoint = save_checkpoint(
+        tmp_path, 5, model=model, processor=processor, config=config, family_name=family.name,
+        metrics={}, weights=trained_state_dict(model))
 
     result = evaluate.main(["--checkpoint", str(checkpoint), "--limit", "20", "--max-new-tokens", "8",
                             "--batch-size", "10"])

@@ -18,7 +18,7 @@ from metrics_endpoint import dashboard_metric_names, scrape_cluster
 
 from deepsynth.data.corpus import generate_corpus
 from deepsynth.model.loading import load_model_and_processor
-from deepsynth.training.checkpoint import save_model_files, trained_state_dict, write_checkpoint
+from deepsynth.training.checkpoint import save_checkpoint, trained_state_dict
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.modes import prepare_trainable
 
@@ -41,9 +41,9 @@ def adapter(tiny_model_dir, tmp_path_factory):
     model, processor, family = load_model_and_processor(str(tiny_model_dir))
     model, _ = prepare_trainable(model, family, "lora", rank=4, alpha=8, dropout=0.0)
     config = TrainConfig(model=str(tiny_model_dir), mode="lora", run_name="observed", lora_rank=4, lora_alpha=8)
-    return write_checkpoint(tmp_path_factory.mktemp("observed-adapter"), 3, lambda folder: save_model_files(
-        folder, step=3, model=model, processor=processor, config=config, family_name=family.name,
-        metrics={"val_loss": 1.0}, weights=trained_state_dict(model)))
+    return save_checkpoint(
+        tmp_path_factory.mktemp("observed-adapter"), 3, model=model, processor=processor, config=config, family_name=family.name,
+        metrics={"val_loss": 1.0}, weights=trained_state_dict(model))
 
 
 @pytest.fixture(scope="module")

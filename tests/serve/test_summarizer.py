@@ -35,7 +35,7 @@ from deepsynth.serving.config import load_serve_config
 from deepsynth.serving.engine import SummaryJob, load_served_model, summarize_jobs
 from deepsynth.serving.inputs import ContextBudget
 from deepsynth.serving.schemas import ServingError
-from deepsynth.training.checkpoint import load_checkpoint, save_model_files, trained_state_dict, write_checkpoint
+from deepsynth.training.checkpoint import load_checkpoint, save_checkpoint, trained_state_dict
 from deepsynth.training.config import TrainConfig
 from deepsynth.training.modes import prepare_trainable
 
@@ -56,9 +56,9 @@ def _adapter(model_dir, out, seed: int):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=generator) * 0.5)
     config = TrainConfig(model=str(model_dir), mode="lora", run_name=f"adapter-{seed}", lora_rank=4, lora_alpha=8)
-    return write_checkpoint(out, 7, lambda folder: save_model_files(
-        folder, step=7, model=model, processor=processor, config=config, family_name=family.name,
-        metrics={"val_loss": 1.0}, weights=trained_state_dict(model)))
+    return save_checkpoint(
+        out, 7, model=model, processor=processor, config=config, family_name=family.name,
+        metrics={"val_loss": 1.0}, weights=trained_state_dict(model))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from deepsynth.model.inputs import placement, to_model
 from deepsynth.training.checkpoint import (
     load_checkpoint,
     read_meta,
-    save_model_files,
+    save_checkpoint,
     trained_state_dict,
     write_checkpoint,
 )
@@ -38,9 +38,9 @@ def test_checkpoint_loads_to_the_same_logits(tiny, tiny_model_dir, corpus_exampl
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)  # as if trained
     config = TrainConfig(model=str(tiny_model_dir), mode=mode)
-    path = write_checkpoint(tmp_path, 3, lambda folder: save_model_files(
-        folder, step=3, model=model, processor=processor, config=config, family_name=family.name,
-        metrics={"val_loss": 1.5}, weights=trained_state_dict(model)))
+    path = save_checkpoint(
+        tmp_path, 3, model=model, processor=processor, config=config, family_name=family.name,
+        metrics={"val_loss": 1.5}, weights=trained_state_dict(model))
 
     meta = read_meta(path)
     assert meta["step"] == 3 and meta["mode"] == mode and meta["metrics"] == {"val_loss": 1.5}

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from deepsynth.model.loading import load_model_and_processor
 from deepsynth.training.checkpoint import load_checkpoint
+from deepsynth.training.control import stop_signal_name
 from ray_jobs import train
 
 SMOKE = "ray_jobs/configs/cpu_smoke.yaml"
@@ -27,6 +29,12 @@ SMOKE = "ray_jobs/configs/cpu_smoke.yaml"
 def run(tmp_path, model_dir, *overrides):
     return train.main(["--config", SMOKE, f"storage_path={tmp_path}", f"model={model_dir}", "build_tiny_model=false",
                        *overrides])
+
+
+def steps_logged(tmp_path, run_name) -> list[dict]:
+    """Every training-step line of the run's metrics log, in order: a repeated step shows twice."""
+    lines = (Path(tmp_path) / run_name / "logs" / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "loss" in row]
 
 
 def metrics(tmp_path, run_name):
@@ -91,13 +99,25 @@ def test_lora_checkpoint_changes_only_the_adapter(smoke, tiny_model_dir):
         assert torch.equal(param, base_state[base_name]), f"{name} changed"
 
 
-def test_ddp_two_workers_equal_one_worker_with_twice_the_batch(smoke, tiny_model_dir, tmp_path):
-    out, _ = smoke
-    run(tmp_path, tiny_model_dir, "run_name=single", "num_workers=1", "batch_size=4", "max_steps=3", "eval_every=3")
-    two_workers, _ = metrics(out, "smoke")
-    one_worker, _ = metrics(tmp_path, "single")
+def test_ddp_two_workers_equal_one_worker_with_twice_the_batch(ray_cluster, tiny_model_dir, tmp_path):
+    # Plain SGD without clipping: an update is lr x the gradient, so a gradient the all-reduce scaled
+    # wrongly (by the world size, say) shows in the weights. AdamW's first steps are nearly sign-only and
+    # clipping rescales the gradient, so either would hide it.
+    common = ["optimizer=sgd", "lr=0.5", "warmup_steps=0", "grad_clip=0", "max_steps=3", "eval_every=3"]
+    run(tmp_path, tiny_model_dir, "run_name=two", "num_workers=2", "batch_size=2", *common)
+    run(tmp_path, tiny_model_dir, "run_name=one", "num_workers=1", "batch_size=4", *common)
+    two_workers, _ = metrics(tmp_path, "two")
+    one_worker, _ = metrics(tmp_path, "one")
+    assert [row["step"] for row in steps_logged(tmp_path, "two")] == [1, 2, 3]
     for step in (1, 2, 3):
-        assert one_worker[step]["loss"] == pytest.approx(two_workers[step]["loss"], abs=1e-4)
+        assert one_worker[step]["loss"] == pytest.approx(two_workers[step]["loss"], abs=1e-5)
+    a = load_file(tmp_path / "two" / "step-000003" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "one" / "step-000003" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    moved = max(t.abs().max().item() for k, t in a.items() if "lora_B" in k)
+    assert moved > 1e-3, "lora_B starts at zero; the SGD steps must move it well past the tolerance below"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
 def test_full_mode_trains_the_decoder_and_keeps_the_vision_tower(ray_cluster, tiny_model_dir, tmp_path):
@@ -156,14 +176,24 @@ def test_qlora_run_quantizes_the_decoder(ray_cluster, tiny_model_dir, tmp_path):
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_tower.modules())
 
 
-def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, tiny_model_dir, tmp_path):
+RESUME_STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def straight(ray_cluster, tiny_model_dir, tmp_path_factory):
+    """An uninterrupted run that the stop-and-resume tests must equal bit for bit; returns its folder and overrides."""
+    out = tmp_path_factory.mktemp("resume")
+    common = [f"storage_path={out}", f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1",
+              f"max_steps={RESUME_STEPS}", f"eval_every={RESUME_STEPS}", "lora_dropout=0.1"]
+    train.main(["--config", SMOKE, "run_name=straight", *common])
+    return out, common
+
+
+def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, straight):
     # Enough steps after the signal (sent at step 2) that the stop lands mid-run: a tiny-model step
     # takes ~0.05 s on a quiet machine, less than the signal's trip to the workers.
-    steps = 16
-    common = [f"storage_path={tmp_path}", f"model={tiny_model_dir}", "build_tiny_model=false", "num_workers=1",
-              f"max_steps={steps}", f"eval_every={steps}", "lora_dropout=0.1"]
-    train.main(["--config", SMOKE, "run_name=straight", *common])
-
+    tmp_path, common = straight
+    steps = RESUME_STEPS
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, "run_name=stopped", *common]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
     log = tmp_path / "stopped" / "logs" / "metrics.jsonl"
@@ -182,16 +212,46 @@ def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, ti
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert '"status": "finished"' in resumed.stdout
 
-    straight, _ = metrics(tmp_path, "straight")
-    interrupted, _ = metrics(tmp_path, "stopped")
-    assert sorted(interrupted) == list(range(1, steps + 1)), "no step was lost or repeated"
-    for step in range(1, steps + 1):
-        assert interrupted[step]["loss"] == pytest.approx(straight[step]["loss"], abs=1e-6), step
-    a = load_file(tmp_path / "straight" / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "stopped" / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
+    assert_bitwise_resume(tmp_path, "straight", "stopped", steps)
+
+
+def assert_bitwise_resume(tmp_path, straight_run: str, resumed_run: str, steps: int) -> None:
+    """The resumed run logged every step exactly once, with the uninterrupted run's losses and final weights, bit for bit."""
+    straight, resumed = steps_logged(tmp_path, straight_run), steps_logged(tmp_path, resumed_run)
+    assert [row["step"] for row in resumed] == list(range(1, steps + 1)), "no step was lost or repeated"
+    assert [row["loss"] for row in resumed] == [row["loss"] for row in straight]
+    a = load_file(tmp_path / straight_run / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / resumed_run / f"step-{steps:06d}" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        assert torch.equal(a[key], b[key]), key
+
+
+def request_stop_after(run_name: str, step: int) -> None:
+    """What a pause at an exact step does: ask the run's StopSignal (once its driver made it) to stop after `step`."""
+    import ray
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            ray.get(ray.get_actor(stop_signal_name(run_name)).request.remote(after_step=step))
+            return
+        except ValueError:  # not created yet
+            time.sleep(0.05)
+    raise AssertionError(f"{run_name}'s StopSignal never appeared")
+
+
+def test_a_stop_after_step_k_then_resume_is_bitwise_the_uninterrupted_run(ray_cluster, straight):
+    tmp_path, common = straight
+    steps, k = RESUME_STEPS, 7
+    requester = threading.Thread(target=request_stop_after, args=("paused", k))
+    requester.start()
+    first = train.main(["--config", SMOKE, "run_name=paused", *common])
+    requester.join()
+    assert first["status"] == "stopped" and first["metrics"]["step"] == k
+    assert [row["step"] for row in steps_logged(tmp_path, "paused")] == list(range(1, k + 1))
+    assert train.main(["--config", SMOKE, "run_name=paused", *common])["status"] == "finished"
+    assert_bitwise_resume(tmp_path, "straight", "paused", steps)
 
 
 @pytest.mark.slow  # DeepSpeed's start-up on CPU makes each stage ~1.5 minutes: `make test-slow`
