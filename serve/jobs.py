@@ -13,14 +13,12 @@ layer is thin: it checks the token, parses pydantic schemas and calls `JobServic
 
 from __future__ import annotations
 
-import hmac
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
+from deepsynth.auth import bearer_accepted, read_token, route_path
 from deepsynth.data.prepared import list_prepared
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.jobs.progress import list_runs
@@ -40,8 +39,6 @@ from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobSt
 from deepsynth.logs import configure_serve_logging, serve_logging_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Query parameters that would carry a token in a URL (and so into proxy and access logs).
-TOKEN_PARAMS = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
 UNAUTHORIZED = ("Missing or invalid token: send 'Authorization: Bearer <DEEPSYNTH_API_TOKEN>' as a header "
                 "(never in the URL).")
 
@@ -133,14 +130,7 @@ def error(status: int, kind: str, message: str, headers: dict[str, str] | None =
 
 
 def read_api_token(args: AppArgs, environ: dict[str, str]) -> str:
-    if args.api_token_file:
-        token = Path(args.api_token_file).read_text().strip()
-    else:
-        token = environ.get(args.api_token_env, "").strip()
-    if len(token) < 16:
-        raise ValueError(f"The job API needs a token of at least 16 characters: set {args.api_token_env} in the "
-                         "replica's environment or api_token_file to a file holding it.")
-    return token
+    return read_token(args.api_token_file, args.api_token_env, environ, "The job API")
 
 
 def read_ray_token(environ: dict[str, str]) -> str | None:
@@ -156,21 +146,12 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str]) -> 
     app = FastAPI(title="DeepSynth job API", version="1",
                   description="Create, watch, pause, resume and delete training, sweep, evaluation and dataset jobs.",
                   responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
-    expected = f"Bearer {api_token}".encode()
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
-        root = request.scope.get("root_path", "")
-        path = request.scope["path"]
-        path = path[len(root):] if root and path.startswith(root) else path
-        if path == "/healthz":
+        if route_path(request) == "/healthz" or bearer_accepted(request, api_token):
             return await call_next(request)
-        query = unquote(request.scope.get("query_string", b"").decode("latin-1"))
-        in_query = api_token in query or any(k.lower() in TOKEN_PARAMS for k, _ in parse_qsl(query))
-        given = request.headers.get("authorization", "").encode()
-        if in_query or not hmac.compare_digest(given, expected):
-            return error(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+        return error(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -14,6 +14,7 @@ and the same text and layout always give the same pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -196,12 +197,18 @@ def render_pages(
     return draw_pages(chunks, layout)
 
 
-def draw_pages(chunks: list[list[str]], layout: PageLayout) -> list[Image.Image]:
-    """Draw pages whose lines `paginate` already chose (so a caller that checked the page count wraps once)."""
+def draw_pages(chunks: list[list[str]], layout: PageLayout,
+               before_page: Callable[[], None] | None = None) -> list[Image.Image]:
+    """Draw pages whose lines `paginate` already chose (so a caller that checked the page count wraps once).
+
+    `before_page` runs before each page is drawn and may raise to stop (a server's deadline).
+    """
     font = _font(layout.font_size)
     line_height = round(layout.font_size * layout.line_spacing)
     pages = []
     for chunk in chunks:
+        if before_page is not None:
+            before_page()
         page = Image.new("RGB", (layout.width, layout.height), "white")
         draw = ImageDraw.Draw(page)
         for row, line in enumerate(chunk):
