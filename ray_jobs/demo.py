@@ -200,7 +200,8 @@ def serve_config(config: DemoConfig, checkpoint: str, out: Path, api_token_file:
     spec = yaml.safe_load((PROJECT_DIR / "serve" / "config.yaml").read_text())
     spec["http_options"] = {"host": "127.0.0.1", "port": config.serve_port}
     apps = {app["name"]: app for app in spec["applications"]}
-    summarizer = {k: v for k, v in apps["summarizer"]["args"].items() if k != "model"}
+    # The local demo's summarizer is open (it listens on loopback only); a cluster's asks for the token.
+    summarizer = {k: v for k, v in apps["summarizer"]["args"].items() if k not in ("model", "api_token_env")}
     apps["summarizer"]["args"] = {**summarizer, "checkpoint": checkpoint}
     apps["jobs"]["args"] = {**apps["jobs"]["args"], "api_token_file": str(api_token_file), "model_roots": [str(out)]}
     path = out / "demo" / "serve.yaml"

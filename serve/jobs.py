@@ -16,7 +16,6 @@ wrong tokens gets 429s, a locked job database a 503, and anything unexpected a 5
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import sys
@@ -24,7 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +33,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deepsynth.auth import bearer_accepted, read_token, route_path
 from deepsynth.data.prepared import list_prepared
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.jobs.progress import list_runs
@@ -46,8 +45,6 @@ from deepsynth.jobs.store import STATUSES, InvalidTransition, JobNotFound, JobSt
 from deepsynth.logs import SERVE_LOGGER_NAME, configure_serve_logging, serve_logging_config
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Query parameters that would carry a token in a URL (and so into proxy and access logs).
-TOKEN_PARAMS = {"token", "access_token", "api_key", "apikey", "key", "auth", "authorization", "bearer"}
 UNAUTHORIZED = ("Missing or invalid token: send 'Authorization: Bearer <DEEPSYNTH_API_TOKEN>' as a header "
                 "(never in the URL).")
 HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -185,14 +182,7 @@ class BodyLimit:
 
 
 def read_api_token(args: AppArgs, environ: dict[str, str]) -> str:
-    if args.api_token_file:
-        token = Path(args.api_token_file).read_text().strip()
-    else:
-        token = environ.get(args.api_token_env, "").strip()
-    if len(token) < 16:
-        raise ValueError(f"The job API needs a token of at least 16 characters: set {args.api_token_env} in the "
-                         "replica's environment or api_token_file to a file holding it.")
-    return token
+    return read_token(args.api_token_file, args.api_token_env, environ, "The job API")
 
 
 def read_ray_token(environ: dict[str, str]) -> str | None:
@@ -217,24 +207,17 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
                              500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     # Outside auth, so an oversized body is refused before anything else looks at the request.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    expected = f"Bearer {api_token}".encode()
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
-        root = request.scope.get("root_path", "")
-        path = request.scope["path"]
-        path = path[len(root):] if root and path.startswith(root) else path
-        if path == "/healthz":
+        if route_path(request) == "/healthz":
             return await call_next(request)
         host = request.client.host if request.client else "unknown"
         wait = failed_logins.wait(host)
         if wait:
             return error(429, "too_many_failed_logins", f"Too many requests with a wrong token from this client; "
                          f"retry in {wait:.0f} s.", {"Retry-After": str(int(wait))})
-        query = unquote(request.scope.get("query_string", b"").decode("latin-1"))
-        in_query = api_token in query or any(k.lower() in TOKEN_PARAMS for k, _ in parse_qsl(query))
-        given = request.headers.get("authorization", "").encode()
-        if in_query or not hmac.compare_digest(given, expected):
+        if not bearer_accepted(request, api_token):
             failed_logins.acquire(host)
             return error(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         return await call_next(request)

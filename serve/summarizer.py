@@ -7,7 +7,11 @@
 anything loads and returns two deployments. `SummarizerIngress` is the FastAPI layer: it reads
 the body under the size limit, validates it against the pydantic schemas, renders text or PDFs
 to pages and counts their tokens in a worker thread (so a big PDF never stalls its event loop)
-and maps every refusal to a JSON `{error, detail}` body with its status. Text is rendered with each
+and maps every refusal to a JSON `{error, detail}` body with its status. Each request runs under
+one deadline (`request_timeout_s`) from its first byte to its summary; rendering runs on a bounded
+pool of threads that stop at the next page once the deadline passed or the client left, and a full
+pool answers 503 with `Retry-After`. With `api_token_env` or `api_token_file` every route but
+`/healthz` and `/readyz` needs `Authorization: Bearer <token>`. Text is rendered with each
 checkpoint's (or adapter's) training layout and prompt (its template), and a document whose
 visual tokens, prompt and summary cannot fit the decoder's context is refused before rendering. Readiness comes from
 Serve's controller, never through the model's request queue, so a busy server stays in its load
@@ -27,7 +31,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import ValidationError
 from ray import serve
@@ -40,13 +45,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import deepsynth
+from deepsynth.auth import bearer_accepted, read_token
 from deepsynth.data.compression import compression_stats
 from deepsynth.logs import configure_serve_logging, serve_logging_config
 from deepsynth.model.families import ModelFamily
 from deepsynth.model.loading import context_length, load_processor
 from deepsynth.serving.adapters import AdapterSet, LoadedAdapter
+from deepsynth.serving.capacity import Deadline, RenderPool
 from deepsynth.serving.config import ServeConfig, load_serve_config
 from deepsynth.serving.engine import SummaryJob, SummaryResult, load_served_model, summarize_jobs
+from deepsynth.serving.guard import RequestGuard
 from deepsynth.serving.inputs import (
     ContextBudget,
     check_content_length,
@@ -76,7 +84,7 @@ from deepsynth.training.checkpoint import read_meta
 
 ADAPTER_HEADER = "serve_multiplexed_model_id"
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 429, 503, 504)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 415, 422, 429, 431, 503, 504)}
 READY_CACHE_S = 5.0
 """How long /readyz reuses the controller's answer, so load-balancer probes cost it little."""
 STATS_TIMEOUT_S = 10.0
@@ -85,12 +93,27 @@ api = FastAPI(
     title="DeepSynth summarizer",
     version=deepsynth.__version__,
     description="Summaries of documents (text, PDF or page images) read as page images by a DeepSeek-OCR model.",
+    # Served by the ingress class below, so they ask for the token like every route but the probes.
+    docs_url=None,
+    openapi_url=None,
 )
 
 
 def _error(err: ServingError) -> JSONResponse:
     body = ErrorResponse(error=err.error, detail=err.detail).model_dump()
     return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+async def _within(deadline: Deadline, work: Any) -> Any:
+    """`await work`, or the request's 504 once its deadline passes (a body that trickles in under body_timeout_s)."""
+    try:
+        return await asyncio.wait_for(work, timeout=deadline.remaining())
+    except TimeoutError:
+        raise deadline.expired() from None
+
+
+# Oversized headers are refused, and the headers that steer Serve's proxy dropped, before any route runs.
+api.add_middleware(RequestGuard)
 
 
 @api.exception_handler(ServingError)
@@ -250,6 +273,10 @@ class SummarizerIngress:
     def __init__(self, model: DeploymentHandle, config: dict[str, Any]) -> None:
         self.config = ServeConfig.model_validate(config)
         self.model = model
+        # Read here, in the replica, so the token never appears in the Serve config or the dashboard.
+        self.api_token = (read_token(self.config.api_token_file, self.config.api_token_env or "", os.environ,
+                                     "The summarizer") if self.config.requires_token else None)
+        self.pool = RenderPool(self.config.render_workers, self.config.max_queued_renders, self.config.retry_after_s)
         # The model's processor without its weights: the usage counts are the replica's own.
         _, self.family = load_processor(self.config.base_model())
         self.budget = ContextBudget(self.family, context_length(self.config.base_model()))
@@ -293,15 +320,28 @@ class SummarizerIngress:
                                {"Retry-After": str(self.config.retry_after_s)})
         return HealthResponse(status="ready")
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        self._authorize(request)
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
+                                   title=f"{api.title} - Swagger UI")
+
     @api.get("/v1/models", response_model=ModelsResponse)
-    async def list_models(self) -> ModelsResponse:
+    async def list_models(self, request: Request) -> ModelsResponse:
         """The base model and the LoRA adapters a request can name."""
+        self._authorize(request)
         return self.models
 
     @api.get("/v1/stats", response_model=StatsResponse)
-    async def stats(self) -> StatsResponse:
+    async def stats(self, request: Request) -> StatsResponse:
         """Counters of this ingress replica and of the model replica that answers (batching shows as
         fewer generate_calls than requests)."""
+        self._authorize(request)
         model = await self._await_model(
             self.model.stats.remote(), STATS_TIMEOUT_S,
             f"The model replica did not report its stats within {STATS_TIMEOUT_S:g} s (it is busy); retry later.")
@@ -315,6 +355,7 @@ class SummarizerIngress:
         self.requests += 1
         status = 500
         try:
+            self._authorize(request)
             response = await self._summarize(request, started)
             status = 200
             self.latency_metric.observe(time.monotonic() - started, tags={"adapter": response.adapter or ""})
@@ -331,30 +372,41 @@ class SummarizerIngress:
             self.log.info("summarize %d", status, extra={"adapter": adapter, "status": status,
                                                          "seconds": time.monotonic() - started})
 
+    def _authorize(self, request: Request) -> None:
+        """401 unless this server serves without a token or the request carries it (every route but the probes)."""
+        if self.api_token is not None and not bearer_accepted(request, self.api_token):
+            raise ServingError(401, "unauthorized", "Missing or invalid token: send 'Authorization: Bearer <token>' "
+                               "as a header (never in the URL).", {"WWW-Authenticate": "Bearer"})
+
     async def _summarize(self, request: Request, started: float) -> SummarizeResponse:
+        config = self.config
+        deadline = Deadline(expires=started + config.request_timeout_s, limit_s=config.request_timeout_s)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type == "application/json":
-            body = await read_body(request.headers, request.stream(), self.config.max_body_bytes)
+            body = await _within(deadline, read_body(request.headers, request.stream(), config.max_body_bytes,
+                                                     config.body_timeout_s))
             try:
                 payload = SummarizeTextRequest.model_validate_json(body)
             except ValidationError as err:
                 raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
             job = self._job(payload.options(), request)
-            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._text_input, payload.text, job)
+            job.pages, visual_tokens, text_tokens = await self.pool.run(
+                lambda: self._text_input(payload.text, job, deadline), deadline)
         elif media_type == "multipart/form-data":
-            files, fields = await self._read_form(request)
+            files, fields = await _within(deadline, self._read_form(request))
             try:
                 options = SummarizeOptions.model_validate(fields)
             except ValidationError as err:
                 raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
             job = self._job(options, request)
-            job.pages, visual_tokens, text_tokens = await asyncio.to_thread(self._file_input, files, job)
+            job.pages, visual_tokens, text_tokens = await self.pool.run(
+                lambda: self._file_input(files, job, deadline), deadline)
         else:
             raise ServingError(415, "unsupported_media_type",
                                f"Content-Type {media_type or 'none'!r} is not accepted; send application/json "
                                "with a text field, or multipart/form-data with a PDF or page images.")
         render_s = time.monotonic() - started
-        result = await self._generate(job, started)
+        result = await self._generate(job, deadline)
         total_s = time.monotonic() - started
         return SummarizeResponse(
             summary=result.summary,
@@ -372,14 +424,16 @@ class SummarizerIngress:
             ),
         )
 
-    def _text_input(self, text: str, job: SummaryJob) -> tuple[list[Image.Image], int, int]:
+    def _text_input(self, text: str, job: SummaryJob, deadline: Deadline) -> tuple[list[Image.Image], int, int]:
         """Pages, visual tokens and text tokens of `text`, counted as evaluation counts them."""
-        pages = text_pages(text, self.templates[job.adapter].layout, self.config, self._budget_check(job))
+        pages = text_pages(text, self.templates[job.adapter].layout, self.config, self._budget_check(job),
+                           deadline.check)
         stats = compression_stats(text, pages, self.family)
         return pages, stats.visual_tokens, stats.text_tokens
 
-    def _file_input(self, files: list[bytes], job: SummaryJob) -> tuple[list[Image.Image], int, None]:
-        pages = file_pages(files, self.config, self._budget_check(job))
+    def _file_input(self, files: list[bytes], job: SummaryJob, deadline: Deadline
+                    ) -> tuple[list[Image.Image], int, None]:
+        pages = file_pages(files, self.config, self._budget_check(job), self.family.useful_size, deadline.check)
         return pages, sum(self.family.count_visual_tokens(*page.size) for page in pages), None
 
     def _budget_check(self, job: SummaryJob):
@@ -387,7 +441,8 @@ class SummarizerIngress:
 
     async def _read_form(self, request: Request) -> tuple[list[bytes], dict[str, str]]:
         check_content_length(request.headers, self.config.max_body_bytes)
-        parser = MultiPartParser(request.headers, limited_stream(request.stream(), self.config.max_body_bytes),
+        stream = limited_stream(request.stream(), self.config.max_body_bytes, self.config.body_timeout_s)
+        parser = MultiPartParser(request.headers, stream,
                                  max_files=self.config.max_pages, max_fields=8, max_part_size=64 * 1024)
         # If parse() fails, our 413 from limited_stream included, Starlette closes the files it spooled;
         # after it succeeds, form.close() below does.
@@ -434,13 +489,10 @@ class SummarizerIngress:
                              num_beams=num_beams)
         return SummaryJob(pages=[], options=generation, prompt=template.prompt, adapter=adapter)
 
-    async def _generate(self, job: SummaryJob, started: float) -> SummaryResult:
+    async def _generate(self, job: SummaryJob, deadline: Deadline) -> SummaryResult:
         handle = self.model.options(multiplexed_model_id=job.adapter or "")
-        remaining = self.config.request_timeout_s - (time.monotonic() - started)
-        return await self._await_model(
-            handle.summarize.remote(job), max(remaining, 0.001),
-            f"The request took longer than this server's limit of {self.config.request_timeout_s:g} s; send a "
-            "shorter document or fewer max_new_tokens, or retry later.")
+        return await self._await_model(handle.summarize.remote(job), max(deadline.remaining(), 0.001),
+                                       deadline.expired().detail)
 
     async def _await_model(self, response: Any, timeout_s: float, timeout_detail: str) -> Any:
         """The model deployment's answer, with its backpressure, absence or slowness as 503/429/504."""

@@ -124,6 +124,9 @@ def ray_cluster():
     # Its own temp dir: Ray Jobs point each job's driver at the cluster named in <temp dir>/ray_current_cluster,
     # which another cluster started later on the same machine would otherwise overwrite.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # The proxy middlewares a deployed cluster runs (docs/serving.md, Security); Serve's proxy reads this
+    # from the environment the cluster's processes inherit from here.
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve.proxy:middlewares"
     context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
                        dashboard_port=free_port(), _temp_dir=temp_dir)
     yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",

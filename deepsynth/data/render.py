@@ -14,6 +14,7 @@ and the same text and layout always give the same pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -82,7 +83,10 @@ def wrap_lines(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[
     """Greedy word wrap. Paragraph breaks are kept; a word wider than the line is split by characters.
 
     Words are measured once each and lines by summing their widths; a finished line is measured
-    whole, and if kerning pushed it past the width its last word moves to the next line.
+    whole, and if kerning pushed it past the width its last word moves to the next line. The work
+    is linear in the text's length: an overlong word is cut with a search that only measures
+    prefixes up to about twice the piece it cuts off, so a hostile 200k-character word costs no
+    more than 200k characters of ordinary text.
     """
     space = font.getlength(" ")
     widths: dict[str, float] = {}
@@ -102,12 +106,14 @@ def wrap_lines(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[
         for word in paragraph.split():
             if word not in widths:
                 widths[word] = font.getlength(word)
-            while widths[word] > max_width:  # an overlong word gets lines of its own
+            if widths[word] > max_width:  # an overlong word gets lines of its own
                 if words:
                     words = finish(words)
-                cut = max(1, _fitting_prefix(word, font, max_width))
-                lines.append(word[:cut])
-                word = word[cut:]
+                cut = _fitting_prefix(word, font, max_width, guess=1)
+                while cut < len(word):
+                    lines.append(word[:cut])
+                    word = word[cut:]
+                    cut = _fitting_prefix(word, font, max_width, guess=cut)
                 widths[word] = font.getlength(word)
             if words and width + space + widths[word] > max_width:
                 words = finish(words)
@@ -120,11 +126,38 @@ def wrap_lines(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[
     return lines
 
 
-def _fitting_prefix(word: str, font: ImageFont.FreeTypeFont, max_width: int) -> int:
-    n = len(word)
-    while n > 1 and font.getlength(word[:n]) > max_width:
-        n -= 1
-    return n
+def _fitting_prefix(word: str, font: ImageFont.FreeTypeFont, max_width: int, guess: int) -> int:
+    """The length of the longest prefix of `word` that fits `max_width` (at least 1, so a cut always advances).
+
+    Galloping from `guess` (the previous cut, usually the answer or close to it) and then bisecting
+    measures a few prefixes at most about twice as long as the answer, never the whole word.
+    """
+    def fits(n: int) -> bool:
+        return font.getlength(word[:n]) <= max_width
+
+    guess = min(max(guess, 1), len(word))
+    step = 1
+    if fits(guess):
+        low = guess  # the longest prefix known to fit
+        while low + step <= len(word) and fits(low + step):
+            low, step = low + step, 2 * step
+        if low == len(word):
+            return low
+        high = min(low + step, len(word))  # the shortest prefix known not to fit, once checked
+        if high == len(word) and fits(high):
+            return high
+    else:
+        high = guess
+        while high - step >= 1 and not fits(high - step):
+            high, step = high - step, 2 * step
+        low = max(high - step, 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def paginate(text: str, layout: PageLayout) -> list[list[str]]:
@@ -164,12 +197,18 @@ def render_pages(
     return draw_pages(chunks, layout)
 
 
-def draw_pages(chunks: list[list[str]], layout: PageLayout) -> list[Image.Image]:
-    """Draw pages whose lines `paginate` already chose (so a caller that checked the page count wraps once)."""
+def draw_pages(chunks: list[list[str]], layout: PageLayout,
+               before_page: Callable[[], None] | None = None) -> list[Image.Image]:
+    """Draw pages whose lines `paginate` already chose (so a caller that checked the page count wraps once).
+
+    `before_page` runs before each page is drawn and may raise to stop (a server's deadline).
+    """
     font = _font(layout.font_size)
     line_height = round(layout.font_size * layout.line_spacing)
     pages = []
     for chunk in chunks:
+        if before_page is not None:
+            before_page()
         page = Image.new("RGB", (layout.width, layout.height), "white")
         draw = ImageDraw.Draw(page)
         for row, line in enumerate(chunk):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_visual_tokens
+from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_useful_size, v1_visual_tokens
 
 IMAGE_TOKEN = "<image>"
 
@@ -50,6 +50,8 @@ class ModelFamily(Protocol):
     def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]: ...
 
     def count_visual_tokens(self, width: int, height: int) -> int: ...
+
+    def useful_size(self, width: int, height: int) -> tuple[int, int]: ...
 
     def vision_parts(self, model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]: ...
 
@@ -101,6 +103,9 @@ class Ocr2Family:
     def count_visual_tokens(self, width: int, height: int) -> int:
         return self.geometry.visual_tokens(width, height)
 
+    def useful_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.geometry.useful_size(width, height)
+
     @staticmethod
     def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:
         core = model.model
@@ -145,6 +150,9 @@ class V1Family:
 
     def count_visual_tokens(self, width: int, height: int) -> int:
         return v1_visual_tokens(self.mode, width, height)
+
+    def useful_size(self, width: int, height: int) -> tuple[int, int]:
+        return v1_useful_size(self.mode, width, height)
 
     def _views(self, page: Image.Image) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
         m = self.mode

@@ -21,6 +21,7 @@ a recipe that fits on paper fits the real model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,16 @@ class Ocr2Geometry:
             num_tiles = cols * rows
         return global_tokens + num_tiles * tile_tokens + 1  # +1: the view separator
 
+    def useful_size(self, width: int, height: int) -> tuple[int, int]:
+        """The page size past which the processor only scales the pixels away: the longest side of the
+        1024 px global view or of the 768 px tile grid it picks for this shape, whichever is longer."""
+        longest = self.global_size
+        if self.crop_to_patches and max(width, height) > self.tile_size:
+            cols, rows = get_optimal_tiled_canvas((height, width), (self.tile_size, self.tile_size),
+                                                  self.min_tiles, self.max_tiles)
+            longest = max(longest, self.tile_size * max(cols, rows))
+        return shrink_keeping_tokens(width, height, longest, self.visual_tokens)
+
 
 # transformers' DeepseekOcr2Processor and DeepseekOcr2ImageProcessor defaults, which are the values
 # convert_deepseek_ocr2_weights_to_hf.py writes for deepseek-community/DeepSeek-OCR-2.
@@ -98,6 +109,24 @@ def v1_crop_grid(mode: V1Mode, width: int, height: int) -> tuple[int, int]:
     if not mode.crop or (width <= mode.image_size and height <= mode.image_size):
         return 1, 1
     return get_optimal_tiled_canvas((height, width), (mode.image_size, mode.image_size), V1_MIN_CROPS, V1_MAX_CROPS)
+
+
+def v1_useful_size(mode: V1Mode, width: int, height: int) -> tuple[int, int]:
+    """The page size past which v1 only scales the pixels away: its view, or its crop grid in gundam mode."""
+    cols, rows = v1_crop_grid(mode, width, height)
+    longest = max(mode.base_size, mode.image_size * max(cols, rows)) if mode.crop else mode.image_size
+    return shrink_keeping_tokens(width, height, longest, lambda w, h: v1_visual_tokens(mode, w, h))
+
+
+def shrink_keeping_tokens(width: int, height: int, longest: int, tokens: Callable[[int, int], int]
+                          ) -> tuple[int, int]:
+    """(width, height) scaled down so its longest side is `longest`, unless it is no longer already, or the
+    rounding of the shorter side would change its `tokens` (a tile grid chosen on the edge of two shapes)."""
+    if max(width, height) <= longest:
+        return width, height
+    scale = longest / max(width, height)
+    smaller = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return smaller if tokens(*smaller) == tokens(width, height) else (width, height)
 
 
 def v1_visual_tokens(mode: V1Mode, width: int, height: int) -> int:

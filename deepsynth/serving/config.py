@@ -70,9 +70,27 @@ class ServeConfig(BaseModel):
     max_pages: int = Field(16, ge=1)
     max_pixels: int = Field(20_000_000, ge=1)
     """Most pixels per page (uploaded image or rendered PDF page); guards against decompression bombs."""
+    max_document_pixels: int = Field(64_000_000, ge=1)
+    """Most pixels decoded or rendered for one request, summed over its pages (16 pages of 4 megapixels)."""
     pdf_dpi: int = Field(144, ge=36, le=600)
+    """Resolution PDF pages are rendered at, lowered for a page whose pixels the model would only scale away."""
     request_timeout_s: float = Field(120.0, gt=0)
-    """Per-request deadline (render + queue + generate); past it the client gets 504."""
+    """Per-request deadline (body + render + queue + generate); past it the client gets 504 and the work stops."""
+    body_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for the next chunk of a request body; past it the client gets 408."""
+
+    # --- rendering in the ingress
+    render_workers: int = Field(2, ge=1)
+    """Threads per ingress replica that render text and decode files."""
+    max_queued_renders: int = Field(64, ge=0)
+    """Requests waiting for a render thread before new ones are refused with 503 and Retry-After."""
+
+    # --- authentication
+    api_token_env: str | None = None
+    """Require `Authorization: Bearer <token>`, the token read from this environment variable in the ingress
+    replica. None (and no api_token_file) serves without a token, as the local demo does."""
+    api_token_file: str | None = None
+    """Require a bearer token read from this file in the ingress replica; takes precedence over api_token_env."""
 
     # --- batching and backpressure of the model deployment
     max_batch_size: int = Field(16, ge=1)
@@ -166,7 +184,11 @@ class ServeConfig(BaseModel):
     @property
     def limits(self) -> DocumentLimits:
         return DocumentLimits(max_bytes=self.max_body_bytes, max_pages=self.max_pages, max_pixels=self.max_pixels,
-                              pdf_dpi=self.pdf_dpi)
+                              max_document_pixels=self.max_document_pixels, pdf_dpi=self.pdf_dpi)
+
+    @property
+    def requires_token(self) -> bool:
+        return self.api_token_env is not None or self.api_token_file is not None
 
     @property
     def model_id(self) -> str:

@@ -1,26 +1,31 @@
 """Request bodies to page images, under the server's limits, with every refusal a `ServingError`.
 
 The body is read as a stream and refused with 413 the moment it passes `max_body_bytes` (a
-declared Content-Length over the limit is refused before the first byte is read). Text is
+declared Content-Length over the limit is refused before the first byte is read), and with 408
+when its next chunk takes longer than `body_timeout_s`. Text is
 length-checked and paginated before it is rendered; files go through `load_document`, which
-checks sizes, formats, page counts and pixel counts on metadata before decoding. Before any
+checks sizes, formats, page counts and pixel counts on metadata before decoding. Pages are never larger
+than the model can use (`fit_size`, the family's `useful_size`), and `before_page` (the request's
+deadline) runs before each one is drawn or decoded. Before any
 rendering or decoding, `ContextBudget` refuses a document whose visual tokens, prompt and
 summary cannot fit the decoder's positions (16 A4 pages are about 17.9k visual tokens, more
 than DeepSeek-OCR-2's 8192).
 
-    body = await read_body(request.headers, request.stream(), config.max_body_bytes)
+    body = await read_body(request.headers, request.stream(), config.max_body_bytes, config.body_timeout_s)
     budget = ContextBudget(family, context_length(model))
-    pages = text_pages(text, "ocr2-page", config, lambda sizes: budget.check(sizes, prompt, max_new_tokens))
+    pages = text_pages(text, "ocr2-page", config, lambda sizes: budget.check(sizes, prompt, max_new_tokens),
+                       deadline.check)
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
-from deepsynth.data.documents import DocumentError, SizeCheck, load_document
+from deepsynth.data.documents import DocumentError, PageHook, SizeCheck, SizeFit, load_document
 from deepsynth.data.render import draw_pages, get_layout, paginate
 from deepsynth.model.families import IMAGE_TOKEN, ModelFamily
 from deepsynth.serving.config import ServeConfig
@@ -46,19 +51,28 @@ def check_content_length(headers: Mapping[str, str], limit: int) -> None:
                         "send a smaller document.")
 
 
-async def limited_stream(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """Pass `stream` through, raising 413 as soon as more than `limit` bytes have come (chunked uploads)."""
+async def limited_stream(stream: AsyncIterator[bytes], limit: int, timeout_s: float) -> AsyncIterator[bytes]:
+    """Pass `stream` through, raising 413 as soon as more than `limit` bytes have come (chunked uploads),
+    and 408 when the next chunk does not come within `timeout_s` (a client that trickles its body)."""
     seen = 0
-    async for chunk in stream:
+    chunks = aiter(stream)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout=timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ServingError(408, "request_timeout", f"The body stalled for more than {timeout_s:g} s; send it "
+                               "without pauses.") from None
         seen += len(chunk)
         if seen > limit:
             raise too_large(f"The body is more than the limit of {limit:,} bytes; send a smaller document.")
         yield chunk
 
 
-async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], limit: int) -> bytes:
+async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], limit: int, timeout_s: float) -> bytes:
     check_content_length(headers, limit)
-    return b"".join([chunk async for chunk in limited_stream(stream, limit)])
+    return b"".join([chunk async for chunk in limited_stream(stream, limit, timeout_s)])
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,10 @@ class ContextBudget:
                 f"the model's {self.context:,} positions. Send fewer or smaller pages, or lower max_new_tokens."))
 
 
-def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeCheck) -> list[Image.Image]:
+def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeCheck,
+               before_page: PageHook) -> list[Image.Image]:
     """Render text to pages of `layout`, refusing text over `max_text_chars` or `max_pages` pages, or that
-    `check_sizes` refuses, before drawing anything."""
+    `check_sizes` refuses, before drawing anything; `before_page` runs before each page is drawn."""
     if len(text) > config.max_text_chars:
         raise too_large(f"The text is {len(text):,} characters, more than the limit of {config.max_text_chars:,}; "
                         "split the document.")
@@ -95,14 +110,16 @@ def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeChe
         raise too_large(f"The document needs {len(chunks)} pages at layout {layout}, more than this server's limit "
                         f"of {config.max_pages}; split it into smaller documents.")
     check_sizes([(page_layout.width, page_layout.height)] * len(chunks))
-    return draw_pages(chunks, page_layout)
+    return draw_pages(chunks, page_layout, before_page)
 
 
-def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeCheck) -> list[Image.Image]:
-    """One PDF or PNG/JPEG pages to RGB pages, mapping `DocumentError`s to their HTTP status; `check_sizes`
-    sees the pages' sizes before any is decoded."""
+def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeCheck, fit_size: SizeFit,
+               before_page: PageHook) -> list[Image.Image]:
+    """One PDF or PNG/JPEG pages to RGB pages no larger than `fit_size` keeps, mapping `DocumentError`s to
+    their HTTP status; `check_sizes` sees the pages' sizes before any is decoded, `before_page` runs before
+    each page is rendered or decoded."""
     try:
-        pages = load_document(files, config.limits, check_sizes)
+        pages = load_document(files, config.limits, check_sizes, fit_size, before_page)
     except DocumentError as err:
         raise ServingError(err.status, _ERROR_CODES[err.status], str(err)) from None
     for number, page in enumerate(pages, 1):

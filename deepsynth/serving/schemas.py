@@ -42,7 +42,8 @@ def validation_detail(errors: Iterable[dict[str, Any]], root: str = "body") -> s
 class ErrorResponse(BaseModel):
     error: str = Field(examples=["payload_too_large"])
     """A stable code: invalid_request, payload_too_large, unsupported_media_type, bad_document,
-    adapter_not_found, not_found, overloaded, timeout, not_ready or internal_error."""
+    adapter_not_found, not_found, unauthorized, request_timeout, headers_too_large, overloaded, timeout,
+    not_ready or internal_error."""
     detail: str
     """What was wrong and how to fix it."""
 

@@ -348,3 +348,92 @@ def test_document_error_keeps_its_status_through_pickle():
     error = pickle.loads(pickle.dumps(DocumentError("too big", status=413)))
 
     assert (str(error), error.status) == ("too big", 413)
+
+
+# --- decoding errors, the document's pixel budget, fitting and stopping ---------------------
+
+
+def _png_with_exif(exif: bytes, before_pixels: bool) -> bytes:
+    png = _encode(Image.new("RGB", (32, 16), "red"), "PNG")
+    chunk = _png_chunk(b"eXIf", exif)
+    at = png.index(b"IDAT") - 4 if before_pixels else png.index(b"IEND") - 4
+    return png[:at] + chunk + png[at:]
+
+
+@pytest.mark.parametrize("before_pixels", [True, False])
+def test_a_png_with_a_garbage_exif_chunk_is_400(before_pixels):
+    # exif_transpose raises SyntaxError ("not a TIFF file") for it, after the pixels decoded fine.
+    with pytest.raises(DocumentError, match="corrupt or truncated") as err:
+        load_document([_png_with_exif(b"garbage!" * 8, before_pixels)])
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize("exif", [b"MM\x00*\x00\x00\x00\x08\xff\xff", b"II*\x00" + b"\xff" * 12])
+def test_exif_that_pillow_can_skip_still_gives_the_page(exif):
+    (page,) = load_document([_png_with_exif(exif, before_pixels=True)])
+    assert page.size == (32, 16)
+
+
+def test_a_jpeg_with_garbage_exif_is_400():
+    jpeg = _encode(Image.new("RGB", (32, 16), "red"), "JPEG")
+    app1 = b"Exif\x00\x00" + b"garbage!" * 8
+    data = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    with pytest.raises(DocumentError, match="corrupt or truncated") as err:
+        load_document([data])
+    assert err.value.status == 400
+
+
+def test_the_pixels_of_all_pages_together_are_limited_before_decoding():
+    page = _encode(Image.new("RGB", (100, 100), "white"), "PNG")
+    limits = DocumentLimits(max_document_pixels=3 * 100 * 100)
+    assert len(load_document([page] * 3, limits)) == 3
+    with pytest.raises(DocumentError, match="4 pages are 40,000 pixels together") as err:
+        load_document([page] * 4, limits, check_sizes=lambda sizes: pytest.fail("checked sizes past the budget"))
+    assert err.value.status == 413
+    with pytest.raises(DocumentError, match="pixels per document") as err:
+        load_document([_pdf(*[(612, 792)] * 4)], DocumentLimits(max_document_pixels=3 * 1224 * 1584))
+    assert err.value.status == 413
+
+
+def _half_longest_side_over_300(width: int, height: int) -> tuple[int, int]:
+    if max(width, height) <= 300:
+        return width, height
+    return (300, round(height * 300 / width)) if width >= height else (round(width * 300 / height), 300)
+
+
+def test_fit_size_renders_pdf_pages_no_larger_and_downscales_images():
+    seen = []
+    pages = load_document([_pdf((612, 792), (100, 50))], fit_size=_half_longest_side_over_300, check_sizes=seen.append)
+    assert [page.size for page in pages] == seen[0] == [(232, 300), (200, 100)]
+    # A giant page is rendered at the fitted size, so the per-page limit sees that size.
+    (giant,) = load_pdf_pages(_pdf((14_400, 14_400)), DocumentLimits(max_pixels=300 * 300),
+                              fit_size=_half_longest_side_over_300)
+    assert giant.size == (300, 300)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: upright it is 400 wide and 800 high
+    photo = _encode(Image.new("RGB", (800, 400), "red"), "JPEG", exif=exif)
+    small = _encode(Image.new("RGB", (40, 20), "blue"), "PNG")
+    seen.clear()
+    pages = load_document([photo, small], fit_size=_half_longest_side_over_300, check_sizes=seen.append)
+    assert [page.size for page in pages] == seen[0] == [(150, 300), (40, 20)]
+    assert pages[0].getpixel((75, 150))[0] > 200 and pages[1].getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_before_page_runs_before_each_page_and_can_stop_the_work():
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def before_page():
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise Stop
+
+    page = _encode(Image.new("RGB", (10, 10)), "PNG")
+    for files in ([page] * 3, [_pdf(*[(100, 100)] * 3)]):
+        calls.clear()
+        with pytest.raises(Stop):
+            load_document(files, before_page=before_page)
+        assert calls == [0, 1]

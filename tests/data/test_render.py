@@ -71,3 +71,38 @@ def test_layout_validation_names_the_field():
         PageLayout(128, 128, margin=60)
     with pytest.raises(ValueError, match="ocr2-page"):
         get_layout("letter")
+
+
+class _CountingFont:
+    """The real font, counting the characters every `getlength` call measures."""
+
+    def __init__(self, font):
+        self.font = font
+        self.measured = 0
+
+    def getlength(self, text: str) -> float:
+        self.measured += len(text)
+        return self.font.getlength(text)
+
+
+@pytest.mark.parametrize("text", ["x" * 2000, "x" * 200_000, "iW" * 50_000, "word " * 40_000,
+                                  ("y" * 5000 + " short words ") * 20])
+def test_wrapping_measures_a_bounded_multiple_of_the_text(text):
+    font = _CountingFont(_font(18))
+    lines = wrap_lines(text, font, 720)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+    # Each word is measured whole once and each cut of an overlong word a few times near its own
+    # length; the old search measured O(word length) prefixes per cut, cubic in the word's length.
+    assert font.measured <= 8 * len(text), font.measured / len(text)
+
+
+@pytest.mark.parametrize("word", ["x" * 2000, "iW" * 700, "Wé" * 300 + "i" * 400])
+def test_an_overlong_word_is_cut_into_the_longest_prefixes_that_fit(word):
+    font = _font(18)
+    lines = wrap_lines(f"before {word}", font, 300)
+    assert lines[0] == "before" and "".join(lines[1:]) == word
+    rest = word
+    for piece in lines[1:-1]:  # every cut but the last piece, which is what was left
+        assert font.getlength(piece) <= 300 and font.getlength(rest[: len(piece) + 1]) > 300
+        rest = rest[len(piece):]
+    assert font.getlength(rest) <= 300

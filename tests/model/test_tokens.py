@@ -62,3 +62,16 @@ def test_every_recipe_fits_its_token_budget_on_the_published_checkpoint(path):
         config = load_config(path)
     pages = config.max_pages * layout_visual_tokens(config.layout)
     assert pages + len(config.prompt) + 32 < config.max_length
+
+
+@pytest.mark.parametrize(("size", "useful"), [((4472, 4472), (1536, 1536)), ((1240, 1754), (1240, 1754)),
+                                              ((8000, 1000), (4608, 576)), ((6000, 1200), (3840, 768)),
+                                              ((500, 300), (500, 300)), ((2000, 1900), (1536, 1459))])
+def test_a_page_shrunk_to_its_useful_size_is_seen_the_same_by_the_processor(published_processor, size, useful):
+    assert PUBLISHED_OCR2.useful_size(*size) == useful
+    original, shrunk = (published_processor(images=[Image.new("RGB", s, "white")], text="<image>\nx",
+                                            return_tensors="pt") for s in (size, useful))
+    assert original["input_ids"].tolist() == shrunk["input_ids"].tolist()
+    assert original["pixel_values"].shape == shrunk["pixel_values"].shape
+    assert original.get("pixel_values_local", original["pixel_values"]).shape == \
+        shrunk.get("pixel_values_local", shrunk["pixel_values"]).shape

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import struct
 import time
 import zipfile
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pypdfium2
 import pytest
 import requests
 import torch
@@ -33,7 +35,7 @@ from deepsynth.model.loading import load_model_and_processor
 from deepsynth.serving.adapters import AdapterSet
 from deepsynth.serving.config import load_serve_config
 from deepsynth.serving.engine import SummaryJob, load_served_model, summarize_jobs
-from deepsynth.serving.inputs import ContextBudget
+from deepsynth.serving.inputs import ContextBudget, file_pages
 from deepsynth.serving.schemas import ServingError
 from deepsynth.training.checkpoint import load_checkpoint, save_checkpoint, trained_state_dict
 from deepsynth.training.config import TrainConfig
@@ -74,7 +76,8 @@ def _args(model_dir, adapters, **overrides):
         "max_pages": MAX_PAGES, "max_pixels": 4_000_000, "max_body_bytes": MAX_BODY, "max_text_chars": MAX_TEXT,
         "default_max_new_tokens": 8, "max_new_tokens_limit": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.25,
         "max_ongoing_requests": 16, "max_queued_requests": 16, "retry_after_s": 2, "request_timeout_s": 60,
-        "num_cpus": 0.5, "ingress_num_cpus": 0.25, **overrides,
+        "max_document_pixels": 10_000_000, "body_timeout_s": 1, "num_cpus": 0.5, "ingress_num_cpus": 0.25,
+        **overrides,
     }
 
 
@@ -354,10 +357,23 @@ def _spooled_files(pid: int) -> list[str]:
     return [link for link in links if "/#" in link and link.endswith("(deleted)")]
 
 
+def _png_with_garbage_exif() -> bytes:
+    """A valid PNG whose eXIf chunk is not EXIF: its pixels decode, then EXIF parsing raises."""
+    png = _png(Image.new("RGB", (64, 32), "white"))
+    at = png.index(b"IEND") - 4
+    return png[:at] + _png_chunk(b"eXIf", b"garbage!" * 8) + png[at:]
+
+
 def test_bad_inputs_get_fast_json_4xx_without_growing_memory(url):
     page = _png(render_pages(TEXT, LAYOUTS["ocr2-page"])[0])
     small_page = Image.new("RGB", (200, 200), "white")
+    big_page = _png(Image.new("RGB", (1800, 1800), "white"))  # under max_pixels, four are over max_document_pixels
     bad = {
+        "png with a garbage eXIf chunk": (400, {"files": [("file", ("p.png", _png_with_garbage_exif(), "image/png"))]}),
+        "pages over the document's pixels": (413, {"files": [("file", (f"{i}.png", big_page, "image/png"))
+                                                             for i in range(4)]}),
+        "a 1 MiB header": (431, {"json": {"text": TEXT}, "headers": {"X-Padding": "a" * 2**20}}),
+        "100 headers": (431, {"json": {"text": TEXT}, "headers": {f"X-H{i}": "v" for i in range(100)}}),
         "empty text": (422, {"json": {"text": "  \n "}}),
         "text over the limit": (413, {"json": {"text": "word " * MAX_TEXT}}),
         "truncated png": (400, {"files": [("file", ("p.png", page[: len(page) // 2], "image/png"))]}),
@@ -397,11 +413,70 @@ def test_bad_inputs_get_fast_json_4xx_without_growing_memory(url):
             assert requests.get(f"{url}/healthz", timeout=2).status_code == 200, name
     growth_mb = [(p.memory_info().rss - before) / 2**20 for p, before in zip(processes, rss_before)]
     assert max(growth_mb) < 100, growth_mb
+    assert _stats(url)["model"]["requests"] == stats["model"]["requests"], "a bad input reached the model"
     assert _spooled_files(stats["ingress"]["pid"]) == []
     not_found = requests.get(f"{url}/v1/nothing", timeout=10)
     assert not_found.status_code == 404 and not_found.json()["error"] == "not_found"
     wrong_method = requests.get(f"{url}/v1/summarize", timeout=10)
     assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error", "detail"}
+
+
+def test_a_2000_character_word_is_wrapped_in_linear_time(url):
+    response = _summarize(url, json={"text": "x" * 2000, "max_new_tokens": 4})
+    assert response.status_code == 200, response.text
+    assert response.elapsed.total_seconds() < 2.0 and response.json()["usage"]["pages"] == 1
+
+
+def test_client_headers_cannot_change_the_servers_timeout(url):
+    # Serve's proxy would take 0.001 s as this request's timeout and answer 408; the proxy middleware drops it.
+    headers = {"x-request-timeout-seconds": "0.001", "x-request-disconnect-disabled": "?1"}
+    response = _summarize(url, json={"text": TEXT, "max_new_tokens": 4}, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def test_a_stalled_body_is_408_within_the_body_timeout(url):
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /v1/summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"text\": \"")
+        started = time.monotonic()
+        answer = conn.recv(65536).decode()
+        waited = time.monotonic() - started
+        while "}" not in answer:  # the body may come in its own packet
+            answer += conn.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 408") and '"error":"request_timeout"' in answer, answer
+    assert 0.9 < waited < 2.0, waited
+    assert requests.get(f"{url}/healthz", timeout=2).status_code == 200
+
+
+def _giant_pdf(pages: int) -> bytes:
+    """Blank pages of 200 x 200 inches: 28800 px square each at 144 dpi."""
+    pdf = pypdfium2.PdfDocument.new()
+    for _ in range(pages):
+        pdf.new_page(14_400, 14_400).close()
+    buffer = io.BytesIO()
+    pdf.save(buffer)
+    pdf.close()
+    return buffer.getvalue()
+
+
+def test_pdf_pages_are_rendered_at_the_size_the_model_uses(url, family):
+    # At 144 dpi each page would be 829 megapixels; at the model's 2x2 tile grid it is 1536 px square.
+    response = _summarize(url, files=[("file", ("giant.pdf", _giant_pdf(MAX_PAGES), "application/pdf"))],
+                          data={"max_new_tokens": "4"})
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["pages"] == MAX_PAGES and usage["visual_tokens"] == MAX_PAGES * family.count_visual_tokens(1536, 1536)
+    assert usage["timings"]["render_s"] < 2.0, usage["timings"]
+
+
+def test_uploaded_images_leave_the_ingress_no_larger_than_the_model_uses(tiny_model_dir, family):
+    config = load_serve_config(_args(tiny_model_dir, {}, max_pixels=20_000_000, max_document_pixels=40_000_000))
+    photo = _png(Image.new("RGB", (4472, 4472), "white"))
+    small = _png(Image.new("RGB", (600, 300), "white"))
+    seen = []
+    pages = file_pages([photo, small], config, seen.append, family.useful_size, lambda: None)
+    assert [page.size for page in pages] == seen[0] == [(1536, 1536), (600, 300)]
 
 
 def test_overload_is_503_with_retry_after_and_no_other_5xx_while_ready(url):
@@ -444,6 +519,43 @@ def test_a_request_past_its_deadline_is_504(serve_url, tiny_model_dir):
         assert time.monotonic() - started < 5
     finally:
         serve.delete("summarizer-strict")
+
+
+def test_with_a_token_only_the_probes_are_public(serve_url, tiny_model_dir, tmp_path):
+    from ray import serve
+
+    from serve.summarizer import build_app
+
+    token = "summarizer-token-" + "x" * 16
+    (tmp_path / "token").write_text(token + "\n")
+    args = _args(tiny_model_dir, {}, api_token_file=str(tmp_path / "token"), num_cpus=0.25, ingress_num_cpus=0.1)
+    serve.run(build_app(args), name="summarizer-auth", route_prefix="/auth")
+    try:
+        base, good = f"{serve_url}/auth", {"Authorization": f"Bearer {token}"}
+        for route in ("/healthz", "/readyz"):
+            assert requests.get(base + route, timeout=10).status_code == 200, route
+        refused = [requests.get(base + route, timeout=10, headers=headers) for route in ("/v1/models", "/v1/stats",
+                   "/openapi.json", "/docs") for headers in ({}, {"Authorization": "Bearer wrong"})]
+        refused.append(_summarize(base, json={"text": TEXT}))
+        refused.append(_summarize(base, json={"text": TEXT}, params={"token": token}, headers=good))
+        for response in refused:
+            assert response.status_code == 401 and response.json()["error"] == "unauthorized", response.url
+            assert response.headers["WWW-Authenticate"] == "Bearer" and response.elapsed.total_seconds() < 2
+        assert requests.get(f"{base}/v1/models", timeout=10, headers=good).status_code == 200
+        response = _summarize(base, json={"text": TEXT, "max_new_tokens": 4}, headers=good)
+        assert response.status_code == 200, response.text
+    finally:
+        serve.delete("summarizer-auth")
+
+
+def test_a_required_token_that_is_missing_stops_the_replica_with_the_fix(tiny_model_dir):
+    from deepsynth.auth import read_token
+
+    config = load_serve_config(_args(tiny_model_dir, {}, api_token_env="DEEPSYNTH_SUMMARIZER_TOKEN"))
+    assert config.requires_token and not load_serve_config(_args(tiny_model_dir, {})).requires_token
+    with pytest.raises(ValueError, match="set DEEPSYNTH_SUMMARIZER_TOKEN in the replica's environment"):
+        read_token(config.api_token_file, config.api_token_env, {"DEEPSYNTH_SUMMARIZER_TOKEN": "short"},
+                   "The summarizer")
 
 
 # --- a checkpoint's template, and the context guard ------------------------------------------
