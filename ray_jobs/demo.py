@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "token", "DEEPSYNTH_STATE_DIR": str(out / "state"),
            "DEEPSYNTH_STORAGE": str(out),
            # Pausing a training job is a SIGTERM and a checkpoint; give it time before Ray's SIGKILL.
-           "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+           "RAY_JOB_STOP_WAIT_TIME_S": "120",
+           # Serve's proxy drops client-sent timeout headers and oversized headers (serve/proxy.py).
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.proxy:middlewares"}
     env.pop("RAY_ADDRESS", None)
     env["RAY_AUTH_TOKEN"] = ray_token(env)
     started = time.monotonic()
