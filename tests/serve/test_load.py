@@ -3,7 +3,7 @@
 Both applications of serve/config.yaml, with the demo's changes (a public summarizer, the job API
 behind a token file), on the shared test cluster. 32 clients send valid requests (text, PNG, PDF)
 and malicious ones for 60 s, at most MAX_REQUESTS in all: an overlong word, a corrupt image, a
-huge header, a client timeout header, an over-long Content-Length, NaN in a job request, wrong tokens.
+huge header, a client timeout header, NaN in a job request, wrong tokens.
 """
 
 import io
@@ -60,7 +60,7 @@ def _garbage_exif_png() -> bytes:
 def demo(ray_cluster, serve_url, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("load")
     token_file = root / "api-token"
-    token_file.write_text("load-test-token")
+    token_file.write_text("load-test-token-0123456789")
     spec = yaml.safe_load((PROJECT / "serve" / "config.yaml").read_text())
     apps = {app["name"]: app for app in spec["applications"]}
     summarizer = {k: v for k, v in apps["summarizer"]["args"].items() if k not in ("model", "api_token_env")}
@@ -91,12 +91,10 @@ def test_a_minute_of_mixed_valid_and_malicious_traffic(demo):
                                                       "headers": {"x-request-timeout-seconds": "0.001"}}),
         "NaN in a job": ("POST", f"{demo}/api/jobs", {"data": '{"type": "train", "preset": "cpu_smoke", '
                                                               '"overrides": {"weight_decay": NaN}}',
-                                                      "headers": {"Authorization": "Bearer load-test-token",
+                                                      "headers": {"Authorization": "Bearer load-test-token-0123456789",
                                                                   "Content-Type": "application/json"}}),
         "wrong token": ("GET", f"{demo}/api/jobs", {"headers": {"Authorization": "Bearer wrong"}}),
-        "10 GB body": ("POST", f"{demo}/api/jobs", {"data": b"{}", "headers": {
-            "Authorization": "Bearer load-test-token", "Content-Type": "application/json",
-            "Content-Length": "10000000000"}}),
+        # (A false Content-Length needs a raw socket, which requests cannot send: tests/jobs/test_jobs_hardening.py.)
     }
     for kind, make in valid.items():  # warm-up: the first generate compiles and allocates
         assert requests.post(summarize, timeout=120, **make()).status_code == 200, kind
