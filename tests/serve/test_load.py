@@ -6,7 +6,6 @@ and malicious ones for 60 s, at most MAX_REQUESTS in all: an overlong word, a co
 huge header, a client timeout header, NaN in a job request, wrong tokens.
 """
 
-import io
 import random
 import statistics
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from PIL import Image
+from page_files import pdf_bytes, png_bytes, png_with_garbage_exif
 from ray import serve
 
 from deepsynth.data.render import LAYOUTS, render_pages
@@ -31,29 +30,6 @@ CONCURRENCY = 32
 MAX_REQUESTS = 3000
 PROJECT = Path(__file__).resolve().parents[2]
 TEXT = "Rail traffic in inland towns fell 2.1 percent in the third quarter as freight moved to the coast."
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _pdf(pages: list[Image.Image]) -> bytes:
-    buffer = io.BytesIO()
-    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=144)
-    return buffer.getvalue()
-
-
-def _garbage_exif_png() -> bytes:
-    import struct
-    import zlib
-
-    png = _png(Image.new("RGB", (64, 32), "white"))
-    payload = b"garbage!" * 8
-    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
-    at = png.index(b"IEND") - 4
-    return png[:at] + chunk + png[at:]
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +54,14 @@ def test_a_minute_of_mixed_valid_and_malicious_traffic(demo):
     page = render_pages(TEXT, LAYOUTS["ocr2-page"])[0]
     valid = {
         "text": lambda: {"json": {"text": TEXT, "max_new_tokens": 8}},
-        "png": lambda: {"files": [("file", ("p.png", _png(page), "image/png"))], "data": {"max_new_tokens": "8"}},
-        "pdf": lambda: {"files": [("file", ("d.pdf", _pdf([page, page]), "application/pdf"))],
+        "png": lambda: {"files": [("file", ("p.png", png_bytes(page), "image/png"))], "data": {"max_new_tokens": "8"}},
+        "pdf": lambda: {"files": [("file", ("d.pdf", pdf_bytes([page, page]), "application/pdf"))],
                         "data": {"max_new_tokens": "8"}},
     }
     summarize = f"{demo}/v1/summarize"
     malicious = {
         "overlong word": ("POST", summarize, {"json": {"text": "x" * 2000, "max_new_tokens": 4}}),
-        "garbage eXIf": ("POST", summarize, {"files": [("file", ("p.png", _garbage_exif_png(), "image/png"))]}),
+        "garbage eXIf": ("POST", summarize, {"files": [("file", ("p.png", png_with_garbage_exif(), "image/png"))]}),
         "1 MiB header": ("POST", summarize, {"json": {"text": TEXT}, "headers": {"X-Padding": "a" * 2**20}}),
         "client timeout header": ("POST", summarize, {"json": {"text": TEXT, "max_new_tokens": 4},
                                                       "headers": {"x-request-timeout-seconds": "0.001"}}),

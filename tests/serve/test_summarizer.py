@@ -24,6 +24,7 @@ import pypdfium2
 import pytest
 import requests
 import torch
+from page_files import pdf_bytes, png_bytes, png_chunk, png_with_garbage_exif
 from PIL import Image
 
 from deepsynth.data.collate import DEFAULT_PROMPT
@@ -97,18 +98,6 @@ def family(tiny_model_dir):
     from transformers import AutoProcessor
 
     return Ocr2Family(AutoProcessor.from_pretrained(tiny_model_dir))
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _pdf(pages: list[Image.Image]) -> bytes:
-    buffer = io.BytesIO()
-    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=144)
-    return buffer.getvalue()
 
 
 def _summarize(url, **kwargs) -> requests.Response:
@@ -236,7 +225,7 @@ def test_text_png_and_pdf_give_summaries_with_consistent_usage(url, family):
     assert timings["total_s"] >= timings["render_s"] + timings["generate_s"]
 
     page = render_pages(TEXT, LAYOUTS["ocr2-a4"])[0]
-    png = _summarize(url, files=[("file", ("page.png", _png(page), "image/png"))], data={"max_new_tokens": "6"})
+    png = _summarize(url, files=[("file", ("page.png", png_bytes(page), "image/png"))], data={"max_new_tokens": "6"})
     assert png.status_code == 200, png.text
     assert png.json()["summary"].strip()
     assert png.json()["usage"] | {"timings": None} == {
@@ -244,7 +233,7 @@ def test_text_png_and_pdf_give_summaries_with_consistent_usage(url, family):
         "source_text_tokens": None, "compression_ratio": None, "timings": None}
 
     pdf_pages = [render_pages(doc["text"], LAYOUTS["ocr2-a4"])[0] for doc in generate_corpus("test", 3, seed=4)]
-    pdf = _summarize(url, files=[("file", ("doc.pdf", _pdf(pdf_pages), "application/pdf"))])
+    pdf = _summarize(url, files=[("file", ("doc.pdf", pdf_bytes(pdf_pages), "application/pdf"))])
     assert pdf.status_code == 200, pdf.text
     usage = pdf.json()["usage"]
     assert pdf.json()["summary"].strip() and usage["pages"] == 3 and usage["source_text_tokens"] is None
@@ -258,7 +247,7 @@ def test_min_new_tokens_keeps_the_model_writing_and_must_not_exceed_the_maximum(
     assert written.status_code == 200, written.text
     assert 6 <= written.json()["usage"]["summary_tokens"] <= 8
     page = render_pages(text, LAYOUTS["ocr2-page"])[0]
-    refused = _summarize(url, files=[("file", ("page.png", _png(page), "image/png"))],
+    refused = _summarize(url, files=[("file", ("page.png", png_bytes(page), "image/png"))],
                          data={"min_new_tokens": "9", "max_new_tokens": "8"})
     assert refused.status_code == 422 and "min_new_tokens=9" in refused.json()["detail"]
 
@@ -307,10 +296,6 @@ def test_adapters_change_the_summary_and_unknown_adapters_are_404(url, adapters)
     assert conflict.status_code == 422
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 def _huge_png() -> bytes:
     """A valid 30000x30000 1-bit PNG of about 100 kB: the shape of a decompression bomb."""
     side = 30_000
@@ -318,7 +303,7 @@ def _huge_png() -> bytes:
     row = b"\x00" * (1 + side // 8)
     idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def _zip_named_pdf() -> bytes:
@@ -357,19 +342,12 @@ def _spooled_files(pid: int) -> list[str]:
     return [link for link in links if "/#" in link and link.endswith("(deleted)")]
 
 
-def _png_with_garbage_exif() -> bytes:
-    """A valid PNG whose eXIf chunk is not EXIF: its pixels decode, then EXIF parsing raises."""
-    png = _png(Image.new("RGB", (64, 32), "white"))
-    at = png.index(b"IEND") - 4
-    return png[:at] + _png_chunk(b"eXIf", b"garbage!" * 8) + png[at:]
-
-
 def test_bad_inputs_get_fast_json_4xx_without_growing_memory(url):
-    page = _png(render_pages(TEXT, LAYOUTS["ocr2-page"])[0])
+    page = png_bytes(render_pages(TEXT, LAYOUTS["ocr2-page"])[0])
     small_page = Image.new("RGB", (200, 200), "white")
-    big_page = _png(Image.new("RGB", (1800, 1800), "white"))  # under max_pixels, four are over max_document_pixels
+    big_page = png_bytes(Image.new("RGB", (1800, 1800), "white"))  # under max_pixels, four are over max_document_pixels
     bad = {
-        "png with a garbage eXIf chunk": (400, {"files": [("file", ("p.png", _png_with_garbage_exif(), "image/png"))]}),
+        "png with a garbage eXIf chunk": (400, {"files": [("file", ("p.png", png_with_garbage_exif(), "image/png"))]}),
         "pages over the document's pixels": (413, {"files": [("file", (f"{i}.png", big_page, "image/png"))
                                                              for i in range(4)]}),
         "a 1 MiB header": (431, {"json": {"text": TEXT}, "headers": {"X-Padding": "a" * 2**20}}),
@@ -378,7 +356,7 @@ def test_bad_inputs_get_fast_json_4xx_without_growing_memory(url):
         "text over the limit": (413, {"json": {"text": "word " * MAX_TEXT}}),
         "truncated png": (400, {"files": [("file", ("p.png", page[: len(page) // 2], "image/png"))]}),
         "30000x30000 png": (413, {"files": [("file", ("p.png", _huge_png(), "image/png"))]}),
-        "pdf over the page limit": (413, {"files": [("file", ("d.pdf", _pdf([small_page] * (MAX_PAGES + 1)),
+        "pdf over the page limit": (413, {"files": [("file", ("d.pdf", pdf_bytes([small_page] * (MAX_PAGES + 1)),
                                                               "application/pdf"))]}),
         "zip renamed .pdf": (415, {"files": [("file", ("d.pdf", _zip_named_pdf(), "application/pdf"))]}),
         "wrong content type": (415, {"data": TEXT, "headers": {"Content-Type": "text/plain"}}),
@@ -394,7 +372,7 @@ def test_bad_inputs_get_fast_json_4xx_without_growing_memory(url):
                                            "data": {"num_beams": "many"}}),
         "too many images": (413, {"files": [("file", (f"{i}.png", page, "image/png")) for i in range(MAX_PAGES + 1)]}),
         "multipart without files": (400, {"files": [("max_new_tokens", (None, "4"))]}),
-        "a 3x5000 sliver": (400, {"files": [("file", ("p.png", _png(Image.new("RGB", (3, 5000))), "image/png"))]}),
+        "a 3x5000 sliver": (400, {"files": [("file", ("p.png", png_bytes(Image.new("RGB", (3, 5000))), "image/png"))]}),
     }
     stats = _stats(url)
     processes = [psutil.Process(stats["ingress"]["pid"]), psutil.Process(stats["model"]["pid"])]
@@ -472,8 +450,8 @@ def test_pdf_pages_are_rendered_at_the_size_the_model_uses(url, family):
 
 def test_uploaded_images_leave_the_ingress_no_larger_than_the_model_uses(tiny_model_dir, family):
     config = load_serve_config(_args(tiny_model_dir, {}, max_pixels=20_000_000, max_document_pixels=40_000_000))
-    photo = _png(Image.new("RGB", (4472, 4472), "white"))
-    small = _png(Image.new("RGB", (600, 300), "white"))
+    photo = png_bytes(Image.new("RGB", (4472, 4472), "white"))
+    small = png_bytes(Image.new("RGB", (600, 300), "white"))
     seen = []
     pages = file_pages([photo, small], config, seen.append, family.useful_size, lambda: None)
     assert [page.size for page in pages] == seen[0] == [(1536, 1536), (600, 300)]
@@ -598,7 +576,7 @@ def test_a_document_past_the_models_context_is_refused_before_rendering(a4_url, 
     assert body["error"] == "context_length_exceeded"
     assert f"{pages} pages are {pages * per_page:,} visual tokens" in body["detail"] and "8,192" in body["detail"]
     blank = Image.new("RGB", (a4.width, a4.height), "white")
-    pdf = _summarize(a4_url, files=[("file", ("long.pdf", _pdf([blank] * 9), "application/pdf"))])
+    pdf = _summarize(a4_url, files=[("file", ("long.pdf", pdf_bytes([blank] * 9), "application/pdf"))])
     assert pdf.status_code == 413 and pdf.json()["error"] == "context_length_exceeded", pdf.text
     assert time.monotonic() - started < 5
     assert requests.get(f"{a4_url}/healthz", timeout=10).status_code == 200
