@@ -10,7 +10,8 @@ to pages and counts their tokens in a worker thread (so a big PDF never stalls i
 and maps every refusal to a JSON `{error, detail}` body with its status. Each request runs under
 one deadline (`request_timeout_s`) from its first byte to its summary; rendering runs on a bounded
 pool of threads that stop at the next page once the deadline passed or the client left, and a full
-pool answers 503 with `Retry-After`. With `api_token_env` or `api_token_file` every route but
+pool answers 503 with `Retry-After`. Each render thread draws PDFs in its own PDFium child process,
+killed mid-page past `render_timeout_s` (one page can take PDFium minutes). With `api_token_env` or `api_token_file` every route but
 `/healthz` and `/readyz` needs `Authorization: Bearer <token>`. Text is rendered with each
 checkpoint's (or adapter's) training layout and prompt (its template), and a document whose
 visual tokens, prompt and summary cannot fit the decoder's context is refused before rendering. Readiness comes from
@@ -23,6 +24,7 @@ fast 503/429 with `Retry-After`. The routes and settings are documented in docs/
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -47,6 +49,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 import deepsynth
 from deepsynth.auth import bearer_accepted, read_token
 from deepsynth.data.compression import compression_stats
+from deepsynth.data.pdf_process import PdfProcess, PdfTimeout
 from deepsynth.logs import configure_serve_logging, serve_logging_config
 from deepsynth.model.families import ModelFamily
 from deepsynth.model.loading import context_length, load_processor
@@ -277,6 +280,7 @@ class SummarizerIngress:
         self.api_token = (read_token(self.config.api_token_file, self.config.api_token_env or "", os.environ,
                                      "The summarizer") if self.config.requires_token else None)
         self.pool = RenderPool(self.config.render_workers, self.config.max_queued_renders, self.config.retry_after_s)
+        self.pdf_processes = threading.local()  # one PDFium child per render thread, started at its first PDF
         # The model's processor without its weights: the usage counts are the replica's own.
         _, self.family = load_processor(self.config.base_model())
         self.budget = ContextBudget(self.family, context_length(self.config.base_model()))
@@ -433,8 +437,28 @@ class SummarizerIngress:
 
     def _file_input(self, files: list[bytes], job: SummaryJob, deadline: Deadline
                     ) -> tuple[list[Image.Image], int, None]:
-        pages = file_pages(files, self.config, self._budget_check(job), self.family.useful_size, deadline.check)
+        render_ends = time.monotonic() + self.config.render_timeout_s
+        process = self._pdf_process()
+
+        def seconds_left() -> float:
+            return min(deadline.remaining(), render_ends - time.monotonic())
+
+        try:
+            pages = file_pages(files, self.config, self._budget_check(job), self.family.useful_size, deadline.check,
+                               lambda data: process.open(data, seconds_left))
+        except PdfTimeout:
+            if deadline.remaining() <= 0:
+                raise deadline.expired() from None
+            raise ServingError(413, "document_too_complex", (
+                f"The PDF took longer than this server's limit of {self.config.render_timeout_s:g} s to render; "
+                "send fewer pages, or a PDF of scanned pages rather than millions of drawn shapes.")) from None
         return pages, sum(self.family.count_visual_tokens(*page.size) for page in pages), None
+
+    def _pdf_process(self) -> PdfProcess:
+        """This render thread's PDFium child (a child renders one document at a time)."""
+        if not hasattr(self.pdf_processes, "process"):
+            self.pdf_processes.process = PdfProcess(self.config.pdf_memory_mb)
+        return self.pdf_processes.process
 
     def _budget_check(self, job: SummaryJob):
         return lambda sizes: self.budget.check(sizes, job.prompt, job.options.max_new_tokens)

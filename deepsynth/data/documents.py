@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import pypdfium2
 from PIL import Image, ImageOps
@@ -104,26 +105,70 @@ def sniff_format(data: bytes) -> str:
     )
 
 
+class PdfReader(Protocol):
+    """An open PDF: its pages' count and sizes (in points), and a page rendered at a scale (pixels per point)."""
+
+    def page_count(self) -> int: ...
+
+    def page_sizes(self) -> list[tuple[float, float]]: ...
+
+    def render(self, index: int, scale: float) -> Image.Image: ...
+
+    def close(self) -> None: ...
+
+
+PdfOpener = Callable[[bytes], PdfReader]
+"""Opens a PDF's bytes: `PdfiumDocument` in this process, or `PdfProcess.open` in a child a server can kill."""
+
+
+class PdfiumDocument:
+    """PDFium in this process, one call at a time under the process-wide lock; errors are `DocumentError`s."""
+
+    def __init__(self, data: bytes) -> None:
+        with _PDFIUM_LOCK, _pdfium_errors("The file is not a readable PDF ({err}); send an unencrypted, undamaged PDF."):
+            self.pdf = pypdfium2.PdfDocument(data)
+
+    def page_count(self) -> int:
+        return len(self.pdf)
+
+    def page_sizes(self) -> list[tuple[float, float]]:
+        with _PDFIUM_LOCK, _pdfium_errors("The PDF is damaged ({err}); re-export it and send it again."):
+            return [self.pdf.get_page_size(index) for index in range(len(self.pdf))]
+
+    def render(self, index: int, scale: float) -> Image.Image:
+        # One page per hold of the lock, so a long PDF does not make every other PDF wait for all of it.
+        with _PDFIUM_LOCK, _pdfium_errors("The PDF is damaged ({err}); re-export it and send it again."):
+            page = self.pdf[index]
+            try:
+                return page.render(scale=scale).to_pil().convert("RGB")
+            finally:
+                page.close()
+
+    def close(self) -> None:
+        with _PDFIUM_LOCK:
+            self.pdf.close()
+
+
 def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits(), check_sizes: SizeCheck | None = None,
-                   fit_size: SizeFit | None = None, before_page: PageHook | None = None) -> list[Image.Image]:
+                   fit_size: SizeFit | None = None, before_page: PageHook | None = None,
+                   open_pdf: PdfOpener = PdfiumDocument) -> list[Image.Image]:
     """Render every page of a PDF to an RGB image at `limits.pdf_dpi`, or smaller where `fit_size` says so.
 
     The page count and every page's pixel size are checked (and passed to `check_sizes`) before
-    the first page is rendered.
+    the first page is rendered. `open_pdf` is where PDFium runs (a server passes a killable child's).
     """
     _check_bytes(data, limits)
-    with _PDFIUM_LOCK, _pdfium_errors("The file is not a readable PDF ({err}); send an unencrypted, undamaged PDF."):
-        pdf = pypdfium2.PdfDocument(data)
+    pdf = open_pdf(data)
     try:
-        with _PDFIUM_LOCK, _pdfium_errors("The PDF is damaged ({err}); re-export it and send it again."):
-            if len(pdf) > limits.max_pages:
-                raise DocumentError(
-                    f"The PDF has {len(pdf)} pages, more than the limit of {limits.max_pages}; "
-                    "split it into smaller documents.",
-                    status=413,
-                )
-            scales = [_pdf_scale(*pdf.get_page_size(index), limits, fit_size) for index in range(len(pdf))]
-            sizes = [_pdf_pixel_size(*pdf.get_page_size(index), scale) for index, scale in enumerate(scales)]
+        if pdf.page_count() > limits.max_pages:
+            raise DocumentError(
+                f"The PDF has {pdf.page_count()} pages, more than the limit of {limits.max_pages}; "
+                "split it into smaller documents.",
+                status=413,
+            )
+        points = pdf.page_sizes()
+        scales = [_pdf_scale(*size, limits, fit_size) for size in points]
+        sizes = [_pdf_pixel_size(*size, scale) for size, scale in zip(points, scales)]
         for index, (width, height) in enumerate(sizes):
             _check_pixels(width, height, limits, f"Page {index + 1} at {round(scales[index] * 72)} dpi")
         _check_document_pixels(sizes, limits)
@@ -133,17 +178,10 @@ def load_pdf_pages(data: bytes, limits: DocumentLimits = DocumentLimits(), check
         for index, scale in enumerate(scales):
             if before_page is not None:
                 before_page()
-            # One page per hold of the lock, so a long PDF does not make every other PDF wait for all of it.
-            with _PDFIUM_LOCK, _pdfium_errors("The PDF is damaged ({err}); re-export it and send it again."):
-                page = pdf[index]
-                try:
-                    pages.append(page.render(scale=scale).to_pil().convert("RGB"))
-                finally:
-                    page.close()
+            pages.append(pdf.render(index, scale))
         return pages
     finally:
-        with _PDFIUM_LOCK:
-            pdf.close()
+        pdf.close()
 
 
 def _pdf_scale(width_pt: float, height_pt: float, limits: DocumentLimits, fit_size: SizeFit | None) -> float:
@@ -177,14 +215,14 @@ def load_image_page(data: bytes, limits: DocumentLimits = DocumentLimits(),
 
 def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimits(),
                   check_sizes: SizeCheck | None = None, fit_size: SizeFit | None = None,
-                  before_page: PageHook | None = None) -> list[Image.Image]:
+                  before_page: PageHook | None = None, open_pdf: PdfOpener = PdfiumDocument) -> list[Image.Image]:
     """Turn the files of one document into its pages: one PDF, or one or more images in page order.
 
     All files are checked (size, format, page count, image headers, the pixels of all pages) before
     any is decoded; `check_sizes`, if given, then sees every page's (width, height) as it will be
     returned (upright, and fitted to `fit_size`) and may raise to refuse the document before any
     decoding work (a server checks its context budget there). `before_page` runs before each page
-    is rendered or decoded.
+    is rendered or decoded; `open_pdf` is where PDFium runs.
     """
     if not files:
         raise DocumentError("No files were sent; send one PDF or one or more PNG/JPEG images.", status=400)
@@ -198,7 +236,7 @@ def load_document(files: Sequence[bytes], limits: DocumentLimits = DocumentLimit
                 "send each PDF as its own document, and images without a PDF.",
                 status=400,
             )
-        return load_pdf_pages(files[0], limits, check_sizes, fit_size, before_page)
+        return load_pdf_pages(files[0], limits, check_sizes, fit_size, before_page, open_pdf)
     if len(files) > limits.max_pages:
         raise DocumentError(
             f"The document has {len(files)} pages (one per image), more than the limit of {limits.max_pages}; "

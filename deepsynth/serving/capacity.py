@@ -8,7 +8,7 @@ cancelling is cooperative: the renderer calls `Deadline.check` before each page,
 the deadline passed or the request was cancelled (its client left), and the thread stops there.
 
     deadline = Deadline.after(config.request_timeout_s)
-    pages = await pool.run(lambda: file_pages(files, config, check, deadline.check), deadline)
+    pages = await pool.run(lambda: text_pages(text, layout, config, check, deadline.check), deadline)
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Deadline:
         return cls(expires=clock() + seconds, limit_s=seconds, clock=clock)
 
     def remaining(self) -> float:
-        return max(self.expires - self.clock(), 0.0)
+        """Seconds left; none once cancelled."""
+        return 0.0 if self.cancelled.is_set() else max(self.expires - self.clock(), 0.0)
 
     def cancel(self) -> None:
         """Stop the work at its next check (thread-safe)."""

@@ -84,6 +84,11 @@ class ServeConfig(BaseModel):
     """Threads per ingress replica that render text and decode files."""
     max_queued_renders: int = Field(64, ge=0)
     """Requests waiting for a render thread before new ones are refused with 503 and Retry-After."""
+    render_timeout_s: float = Field(30.0, gt=0)
+    """Longest one request's PDF may take to render; past it PDFium is killed and the client gets 413
+    `document_too_complex` (a few kilobytes of PDF can stroke a million lines on one page)."""
+    pdf_memory_mb: int = Field(1024, ge=128)
+    """Address space of each render thread's PDFium child process; a PDF that needs more is a 400."""
 
     # --- authentication
     api_token_env: str | None = None

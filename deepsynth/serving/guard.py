@@ -4,7 +4,8 @@ Ray Serve's proxy reads two request headers as instructions: `x-request-timeout-
 its request timeout (0.001 turns every request into a 408) and `x-request-disconnect-disabled: ?1`
 keeps a request running after its client left. Any client can send them, so `RequestGuard` removes
 them, leaving the server's own deadline as the only one. It also answers 431 to a request with
-more headers, or more header bytes, than `HeaderLimits` allows. It wraps the summarizer's ingress,
+more headers, or more header bytes, than `HeaderLimits` allows, and turns the proxy's plain-text
+404, which repeats the request's path, into a JSON one that does not. It wraps the summarizer's ingress,
 and, to reach the proxy before it reads those headers, the proxy itself through Ray Serve's
 `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy:middlewares` (docs/serving.md, Security).
 
@@ -56,7 +57,26 @@ class RequestGuard:
             await _send_json(send, 431, {"error": "headers_too_large", "detail": detail})
             return
         kept = [(name, value) for name, value in headers if name.lower() not in SERVER_ONLY_HEADERS]
-        await self.app({**scope, "headers": kept} if len(kept) < len(headers) else scope, receive, send)
+        await self.app({**scope, "headers": kept} if len(kept) < len(headers) else scope, receive, _json_404s(send))
+
+
+def _json_404s(send: Any) -> Any:
+    """`send`, with a plain-text 404 replaced by a JSON one: Ray Serve's proxy answers a path no application
+    serves with "Path '<path>' not found", and a URL may carry anything, a pasted token too."""
+    replaced = False
+
+    async def guarded(message: dict) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] == 404 and not any(
+                name.lower() == b"content-type" and value.startswith(b"application/json")
+                for name, value in message.get("headers", [])):
+            replaced = True
+            await _send_json(send, 404, {"error": "not_found", "detail": "No application serves this path; "
+                                         "GET /-/routes lists the route prefixes."})
+        elif not (replaced and message["type"] == "http.response.body"):
+            await send(message)
+
+    return guarded
 
 
 async def _send_json(send: Any, status: int, body: dict) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from deepsynth.data.documents import DocumentError, PageHook, SizeCheck, SizeFit, load_document
+from deepsynth.data.documents import DocumentError, PageHook, PdfOpener, SizeCheck, SizeFit, load_document
 from deepsynth.data.render import draw_pages, get_layout, paginate
 from deepsynth.model.families import IMAGE_TOKEN, ModelFamily
 from deepsynth.serving.config import ServeConfig
@@ -114,12 +114,12 @@ def text_pages(text: str, layout: str, config: ServeConfig, check_sizes: SizeChe
 
 
 def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeCheck, fit_size: SizeFit,
-               before_page: PageHook) -> list[Image.Image]:
+               before_page: PageHook, open_pdf: PdfOpener) -> list[Image.Image]:
     """One PDF or PNG/JPEG pages to RGB pages no larger than `fit_size` keeps, mapping `DocumentError`s to
     their HTTP status; `check_sizes` sees the pages' sizes before any is decoded, `before_page` runs before
-    each page is rendered or decoded."""
+    each page is rendered or decoded, and `open_pdf` is where PDFium runs (the server's killable child)."""
     try:
-        pages = load_document(files, config.limits, check_sizes, fit_size, before_page)
+        pages = load_document(files, config.limits, check_sizes, fit_size, before_page, open_pdf)
     except DocumentError as err:
         raise ServingError(err.status, _ERROR_CODES[err.status], str(err)) from None
     for number, page in enumerate(pages, 1):

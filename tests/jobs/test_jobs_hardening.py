@@ -162,6 +162,10 @@ def test_error_bodies_never_echo_the_path(api):
         response = timed(api, method, path)
         assert response.status_code in (404, 405), (method, path, response.text)
         assert secret not in response.text and "error" in response.json(), response.text
+    # A path under no application's prefix is answered by Ray Serve's proxy itself (its middleware's JSON 404).
+    response = requests.get(f"{api['base'].removesuffix(ROUTE)}/no-such-app/{secret}", headers=AUTH, timeout=30)
+    assert response.status_code == 404 and response.json()["error"] == "not_found", response.text
+    assert secret not in response.text
 
 
 def test_a_locked_database_is_a_503_with_retry_after(api):

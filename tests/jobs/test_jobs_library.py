@@ -85,6 +85,19 @@ def test_rate_limiter_refills_with_the_clock():
     assert limiter.wait("c") == 0 and limiter.wait("c") == 0 and limiter.acquire("c") == 0
 
 
+def test_rate_limiter_keeps_at_most_max_keys_buckets_dropping_the_least_recently_used():
+    clock = FakeClock()
+    limiter = RateLimiter(per_minute=6, burst=1, clock=clock, max_keys=3)
+    for host in ("a", "b", "c"):
+        assert limiter.acquire(host) == 0
+    assert limiter.acquire("a") == 10  # "a" is throttled, and now the most recently used
+    for n in range(1000):  # clients from ever new addresses
+        limiter.acquire(f"host-{n}")
+        assert len(limiter) <= 3
+    assert limiter.acquire("host-999") == 10 and limiter.acquire("host-998") == 10, "recent buckets are kept"
+    assert limiter.acquire("b") == 0, "the least recently used bucket was dropped"
+
+
 def test_secret_values_and_scrub():
     canary = "hf_" + "Canary1234567890abcdef"
     secrets = secret_values({"HF_TOKEN": canary, "AWS_SECRET_ACCESS_KEY": "aws-secret-value-1", "HOME": "/root",

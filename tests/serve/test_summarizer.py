@@ -1,8 +1,9 @@
 """The summarization app on real Ray Serve over loopback HTTP, with the tiny model and two tiny LoRA adapters.
 
 One deployment serves most of the module (`summarizer`); `summarizer-a4` serves a checkpoint
-trained on A4 pages with its own prompt (its template and the context guard); a small one
-(`summarizer-strict`, marked slow) has a deadline shorter than its batch wait, for the timeout.
+trained on A4 pages with its own prompt (its template and the context guard); `summarizer-render`
+has one render thread and a short render limit (a PDF PDFium cannot stop, a full render pool); a
+small one (`summarizer-strict`, marked slow) has a deadline shorter than its batch wait, for the timeout.
 Argument validation runs without Ray.
 """
 
@@ -24,11 +25,12 @@ import pypdfium2
 import pytest
 import requests
 import torch
-from page_files import pdf_bytes, png_bytes, png_chunk, png_with_garbage_exif
+from page_files import pdf_bytes, pdf_of_strokes, png_bytes, png_chunk, png_with_garbage_exif
 from PIL import Image
 
 from deepsynth.data.collate import DEFAULT_PROMPT
 from deepsynth.data.corpus import generate_corpus
+from deepsynth.data.documents import PdfiumDocument
 from deepsynth.data.render import LAYOUTS, count_pages, render_pages
 from deepsynth.evaluation.generation import GenerationOptions
 from deepsynth.model.families import Ocr2Family
@@ -453,7 +455,7 @@ def test_uploaded_images_leave_the_ingress_no_larger_than_the_model_uses(tiny_mo
     photo = png_bytes(Image.new("RGB", (4472, 4472), "white"))
     small = png_bytes(Image.new("RGB", (600, 300), "white"))
     seen = []
-    pages = file_pages([photo, small], config, seen.append, family.useful_size, lambda: None)
+    pages = file_pages([photo, small], config, seen.append, family.useful_size, lambda: None, PdfiumDocument)
     assert [page.size for page in pages] == seen[0] == [(1536, 1536), (600, 300)]
 
 
@@ -497,6 +499,54 @@ def test_a_request_past_its_deadline_is_504(serve_url, tiny_model_dir):
         assert time.monotonic() - started < 5
     finally:
         serve.delete("summarizer-strict")
+
+
+def _pdf_children() -> set[int]:
+    return {process.pid for process in psutil.process_iter(["cmdline"])
+            if "deepsynth.data.pdf_process" in " ".join(process.info["cmdline"] or [])}
+
+
+def _wait_until_drawing(children: set[int]) -> None:
+    """Return once one of the PDFium `children` has used CPU since the call: the slow page is being drawn."""
+    busy = {pid: psutil.Process(pid).cpu_times().user for pid in children}
+    for _ in range(100):
+        time.sleep(0.05)
+        if any(psutil.Process(pid).cpu_times().user > used + 0.05 for pid, used in busy.items()):
+            return
+    raise AssertionError("PDFium never started drawing the slow PDF")
+
+
+def test_a_pdf_that_renders_for_minutes_is_stopped_and_a_full_render_pool_is_503(serve_url, tiny_model_dir):
+    from ray import serve
+
+    from serve.summarizer import build_app
+
+    args = _args(tiny_model_dir, {}, render_workers=1, max_queued_renders=0, render_timeout_s=1.0, retry_after_s=3,
+                 num_cpus=0.25, ingress_num_cpus=0.1)
+    serve.run(build_app(args), name="summarizer-render", route_prefix="/render")
+    base, page = f"{serve_url}/render", pdf_bytes([Image.new("RGB", (600, 800), "white")])
+    others = _pdf_children()  # the other deployments' render threads'
+    try:
+        # A first PDF starts the render thread's PDFium child, so its start-up is not what is timed below.
+        assert _summarize(base, files=[("file", ("page.pdf", page, "application/pdf"))],
+                          data={"max_new_tokens": "4"}).status_code == 200
+        children = _pdf_children() - others
+        assert len(children) == 1, children  # one render thread, one PDFium child
+        slow = pdf_of_strokes(1_000_000)  # 48 KB that PDFium would draw for about 3 minutes
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_summarize, base, files=[("file", ("slow.pdf", slow, "application/pdf"))])
+            _wait_until_drawing(children)
+            busy = _summarize(base, json={"text": TEXT})  # the one render thread is drawing the slow page
+            refused = first.result()
+        assert busy.status_code == 503 and busy.json()["error"] == "overloaded", busy.text
+        assert busy.headers["Retry-After"] == "3" and busy.elapsed.total_seconds() < 2
+        assert refused.status_code == 413 and refused.json()["error"] == "document_too_complex", refused.text
+        assert refused.elapsed.total_seconds() < 2
+        assert not children & _pdf_children()  # PDFium was killed mid-page, not left drawing
+        after = _summarize(base, files=[("file", ("page.pdf", page, "application/pdf"))], data={"max_new_tokens": "4"})
+        assert after.status_code == 200, after.text
+    finally:
+        serve.delete("summarizer-render")
 
 
 def test_with_a_token_only_the_probes_are_public(serve_url, tiny_model_dir, tmp_path):
