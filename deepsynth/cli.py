@@ -13,7 +13,6 @@ this command holds what a user runs on their own machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,14 +39,14 @@ def _init_full_width(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from deepsynth.export import EXPORT_INFO, export_checkpoint, export_original, push_to_hub
+    from deepsynth.export import export_checkpoint, export_original, push_to_hub, read_export_info
 
     if (args.out is None) == (args.out_dir is None):
         raise ValueError("Name the output folder once: as the last argument or with --out.")
     target = args.out or args.out_dir
     if args.format == "original":
         out = export_original(args.checkpoint, target, adapter=not args.no_adapter)
-        info = json.loads((out / EXPORT_INFO).read_text())
+        info = read_export_info(out)
         print(f"Exported {args.checkpoint} ({info['kind']}) in the {info['layout']} layout to {out}"
               + (" with a vLLM LoRA adapter in adapter/" if info["adapter"] else ""))
         if info["vllm_incompatibilities"]:

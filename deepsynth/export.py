@@ -38,7 +38,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCardData
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from deepsynth.model.loading import load_model_and_processor
+from deepsynth.model.loading import family_class, load_model_and_processor, model_type_of
 from deepsynth.training.checkpoint import ADAPTER_DIR, META_FILE, load_checkpoint, local_checkpoint, read_meta
 
 EXPORT_INFO = "deepsynth.json"
@@ -84,17 +84,19 @@ def export_original(source: str | Path, out_dir: str | Path, *, adapter: bool = 
         raise FileExistsError(f"{out} is not empty; export into a new folder.")
     is_checkpoint = "://" in str(source) or (Path(source) / META_FILE).exists()
     meta = read_meta(source) if is_checkpoint else None
-    if is_checkpoint:
-        model, processor, family, _ = load_checkpoint(source)
-    else:
-        model, processor, family = load_model_and_processor(str(source))
+    family = family_class(model_type_of(meta["base_model"] if meta else str(source)))
     layout = family.original_layout
     if layout is None:
         raise ValueError(f"{family.name} models have no original-layout export here; export with --format hf.")
     lora = meta is not None and meta["mode"] != "full"
     adapter_tensors = None
     if lora and adapter:
+        # Before any weights load: an adapter vLLM cannot apply is refused at once.
         adapter_tensors = layout.adapter(load_file(local_checkpoint(source) / ADAPTER_DIR / "adapter_model.safetensors"))
+    if is_checkpoint:
+        model, processor, _, _ = load_checkpoint(source)
+    else:
+        model, processor, _ = load_model_and_processor(str(source))
     if lora:
         model = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def write_vllm_adapter(adapter_dir: Path, tensors: dict[str, torch.Tensor], out:
     target = rf"model\.(language_model\.)?layers\.\d+\.(self_attn|mlp|mlp\.shared_experts)\.({'|'.join(adapted)})"
     config.update(base_model_name_or_path=base_model, inference_mode=True, target_modules=target,
                   target_parameters=None)
-    out.mkdir()
+    out.mkdir(parents=True)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, out / "adapter_model.safetensors")
 

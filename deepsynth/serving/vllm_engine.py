@@ -22,13 +22,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
+from deepsynth.export import write_vllm_adapter
+from deepsynth.model.original_layout import OCR2_ORIGINAL
 from deepsynth.serving.config import ServeConfig
 from deepsynth.serving.engine import SummaryJob, SummaryResult
+from deepsynth.training.checkpoint import ADAPTER_DIR, local_checkpoint, read_meta
 
 VLLM_EXTRA = "pip install 'deepsynth[vllm]'"
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
@@ -82,11 +88,6 @@ def prompt_text(job: SummaryJob) -> str:
 
 def vllm_adapter_dir(checkpoint: str) -> Path:
     """A LoRA checkpoint (local or s3/gs) as a vLLM adapter folder in the original module names, cached."""
-    from deepsynth.export import write_vllm_adapter
-    from deepsynth.model.original_layout import OCR2_ORIGINAL
-    from deepsynth.training.checkpoint import ADAPTER_DIR, local_checkpoint, read_meta
-    from safetensors.torch import load_file
-
     local = local_checkpoint(checkpoint)
     cache = Path(os.environ.get("DEEPSYNTH_CACHE", Path.home() / ".cache" / "deepsynth")) / "vllm-adapters"
     out = cache / hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:16]
@@ -95,7 +96,11 @@ def vllm_adapter_dir(checkpoint: str) -> Path:
     tensors = OCR2_ORIGINAL.adapter(load_file(local / ADAPTER_DIR / "adapter_model.safetensors"))
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     write_vllm_adapter(local / ADAPTER_DIR, tensors, tmp, OCR2_ORIGINAL.lora_modules, read_meta(local)["base_model"])
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        # Another replica on this node converted it first; theirs is the same.
+        shutil.rmtree(tmp)
     return out
 
 

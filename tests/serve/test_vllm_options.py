@@ -4,12 +4,19 @@ The engine itself needs CUDA and vLLM; tests/gpu/test_vllm_engine.py serves thro
 """
 
 import pytest
+from safetensors import safe_open
 
 from deepsynth.evaluation.generation import GenerationOptions
 from deepsynth.export import export_original
 from deepsynth.serving.config import ServeConfig, check_vllm_model, load_serve_config
 from deepsynth.serving.engine import SummaryJob
-from deepsynth.serving.vllm_engine import engine_args, prompt_text, sampling_kwargs, vllm_installed
+from deepsynth.serving.vllm_engine import (
+    engine_args,
+    prompt_text,
+    sampling_kwargs,
+    vllm_adapter_dir,
+    vllm_installed,
+)
 from serve.summarizer import build_app
 
 
@@ -85,3 +92,16 @@ def test_engine_and_sampling_settings_follow_the_recipe(tiny_model_dir, tiny_exp
     assert recipe["extra_args"] == {"ngram_size": 30, "window_size": 90, "whitelist_token_ids": [7, 8]}
     off = SummaryJob(pages=[], options=GenerationOptions(no_repeat_ngram_size=0), prompt="p", adapter=None)
     assert sampling_kwargs(off, "template", [])["extra_args"] == {}
+
+
+def test_adapters_from_a_storage_uri_become_vllm_adapters_once(lora_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSYNTH_CACHE", str(tmp_path / "cache"))
+    folder = vllm_adapter_dir(lora_checkpoint.resolve().as_uri())  # file://, the path s3:// and gs:// take
+    with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    exported = export_original(lora_checkpoint, tmp_path / "export")
+    with safe_open(exported / "adapter" / "adapter_model.safetensors", "pt") as f:
+        assert keys == set(f.keys()) and all(".model.layers." in key for key in keys)
+    written = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+    assert vllm_adapter_dir(lora_checkpoint.resolve().as_uri()) == folder
+    assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == written, "converted once, then reused"
