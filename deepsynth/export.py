@@ -73,7 +73,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, merge: boo
     return out
 
 
-def export_original(source: str | Path, out_dir: str | Path, *, adapter: bool = True) -> Path:
+def export_original(source: str | Path, out_dir: str | Path, *, adapter: bool = True,
+                    shard_bytes: int = SHARD_BYTES) -> Path:
     """Write `source` (a step-XXXXXX checkpoint, a model folder or hub id) in its family's original layout.
 
     A LoRA checkpoint is merged; with `adapter`, its adapter also goes to `out_dir/adapter/` in the
@@ -102,7 +103,7 @@ def export_original(source: str | Path, out_dir: str | Path, *, adapter: bool = 
     out.mkdir(parents=True, exist_ok=True)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(layout.config(model.config, dtype), indent=2))
-    write_original_weights(layout.tensors, model.state_dict(), out)
+    write_original_weights(layout.tensors, model.state_dict(), out, shard_bytes)
     processor.tokenizer.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     problems = layout.incompatibilities(model.config, processor)
@@ -127,12 +128,12 @@ def read_export_info(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_original_weights(convert: Any, state: dict[str, torch.Tensor], out: Path) -> None:
-    """Safetensors shards of at most SHARD_BYTES (one `model.safetensors` when it fits), with a progress bar."""
+def write_original_weights(convert: Any, state: dict[str, torch.Tensor], out: Path, shard_bytes: int) -> None:
+    """Safetensors shards of at most `shard_bytes` (one `model.safetensors` when it fits), with a progress bar."""
     total = sum(t.numel() * t.element_size() for t in state.values())
     shards: list[list[str]] = []  # tensor names per shard, for the index
     with tqdm(total=total, unit="B", unit_scale=True, desc="Writing original layout") as bar:
-        for shard in _shards(convert, state, bar):
+        for shard in _shards(convert, state, bar, shard_bytes):
             shards.append(list(shard))
             save_file(shard, out / f"shard-{len(shards):05d}.tmp", metadata={"format": "pt"})
     if len(shards) == 1:
@@ -147,13 +148,14 @@ def write_original_weights(convert: Any, state: dict[str, torch.Tensor], out: Pa
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _shards(convert: Any, state: dict[str, torch.Tensor], bar: tqdm) -> Iterator[dict[str, torch.Tensor]]:
+def _shards(convert: Any, state: dict[str, torch.Tensor], bar: tqdm, shard_bytes: int
+            ) -> Iterator[dict[str, torch.Tensor]]:
     shard: dict[str, torch.Tensor] = {}
     size = 0
     for name, tensor in state.items():
         for key, value in convert(name, tensor):
             nbytes = value.numel() * value.element_size()
-            if shard and size + nbytes > SHARD_BYTES:
+            if shard and size + nbytes > shard_bytes:
                 yield shard
                 shard, size = {}, 0
             shard[key] = value.detach().to("cpu").contiguous()

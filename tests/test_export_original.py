@@ -36,8 +36,35 @@ def logits(model, family, examples):
 
 
 def exported_tensors(folder):
-    with safe_open(folder / "model.safetensors", "pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    tensors = {}
+    for name in files:
+        with safe_open(folder / name, "pt") as f:
+            tensors.update({key: f.get_tensor(key) for key in f.keys()})
+    return tensors
+
+
+def check_conversion_preimage(original, native, text_config):
+    """`original` (name -> shape) is what transformers' deepseek_ocr2 conversion mapping turns into `native`."""
+    renames = [r for r in get_checkpoint_conversion_mapping("deepseek_ocr2") if isinstance(r, WeightRenaming)]
+    expert = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+    forward, experts = {}, {}
+    for key, shape in original.items():
+        if (hit := expert.match(key)) is not None:
+            experts.setdefault(int(hit[1]), {})[(int(hit[2]), hit[3])] = tuple(shape)
+            continue
+        for rename in renames:  # transformers' renames, applied forward (original -> native)
+            key = re.sub(rename.source_patterns[0], rename.target_patterns[0], key)
+        forward[key] = tuple(shape)
+    fused = {key for key in native if key.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    assert forward == {key: tuple(native[key]) for key in set(native) - fused}
+    moe_layers = [i for i, kind in enumerate(text_config.mlp_layer_types) if kind == "sparse"]
+    assert sorted(experts) == moe_layers
+    hidden, inner = text_config.hidden_size, text_config.moe_intermediate_size
+    per_layer = {(e, p): (hidden, inner) if p == "down" else (inner, hidden)
+                 for e in range(text_config.n_routed_experts) for p in ("gate", "up", "down")}
+    assert all(found == per_layer for found in experts.values())
 
 
 def load_back(folder, native_dir):
@@ -116,32 +143,16 @@ def test_lora_checkpoint_exports_merged_weights_and_a_vllm_adapter(lora_checkpoi
 
 
 def test_key_set_and_shapes_are_the_conversion_registrys_preimage(tiny_model_dir, tmp_path):
-    out = export_original(tiny_model_dir, tmp_path / "model")
+    # Small shards, as the 6.8 GB published model needs (4 GB each): the index must load like one file.
+    out = export_original(tiny_model_dir, tmp_path / "model", shard_bytes=256 * 1024)
+    assert len(set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
     original = exported_tensors(out)
     native = DeepseekOcr2ForConditionalGeneration.from_pretrained(tiny_model_dir).state_dict()
-    config = AutoConfig.from_pretrained(tiny_model_dir).text_config
-    # transformers' renames, applied forward (original -> native) to every non-expert key.
-    renames = [r for r in get_checkpoint_conversion_mapping("deepseek_ocr2") if isinstance(r, WeightRenaming)]
-    expert = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
-    forward, experts = set(), {}
-    for key in original:
-        if (hit := expert.match(key)) is not None:
-            experts.setdefault(int(hit[1]), set()).add((int(hit[2]), hit[3]))
-            continue
-        for rename in renames:
-            key = re.sub(rename.source_patterns[0], rename.target_patterns[0], key)
-        forward.add(key)
-    fused = {key for key in native if key.endswith(("experts.gate_up_proj", "experts.down_proj"))}
-    assert forward == set(native) - fused
-    moe_layers = [i for i, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
-    assert sorted(experts) == moe_layers
-    per_layer = {(e, p) for e in range(config.n_routed_experts) for p in ("gate", "up", "down")}
-    assert all(found == per_layer for found in experts.values())
-    layer = moe_layers[0]
-    assert original[f"model.layers.{layer}.mlp.experts.0.gate_proj.weight"].shape == (config.moe_intermediate_size,
-                                                                                      config.hidden_size)
-    assert original[f"model.layers.{layer}.mlp.experts.0.down_proj.weight"].shape == (config.hidden_size,
-                                                                                      config.moe_intermediate_size)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    check_conversion_preimage({k: v.shape for k, v in original.items()}, {k: v.shape for k, v in native.items()},
+                              config.text_config)
+    back = load_back(out, tiny_model_dir).state_dict()
+    assert all(torch.equal(back[key], value) for key, value in native.items())
     written = json.loads((out / "config.json").read_text())
     assert written["architectures"] == ["DeepseekOCR2ForCausalLM"] and written["model_type"] == "deepseek_vl_v2"
     assert written["language_config"]["first_k_dense_replace"] == 1
@@ -159,6 +170,8 @@ def test_full_size_model_maps_to_the_published_layout_on_meta():
     with torch.device("meta"):
         model = DeepseekOcr2ForConditionalGeneration(published_config())
     original = original_state_dict(model.state_dict())
+    check_conversion_preimage({k: v.shape for k, v in original.items()},
+                              {k: v.shape for k, v in model.state_dict().items()}, model.config.text_config)
     config = original_config(model.config)
     assert {key: config["language_config"][key] for key in PUBLISHED_LANGUAGE} == PUBLISHED_LANGUAGE
     assert config["vision_config"]["width"] == {
