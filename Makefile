@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch already installed, hence --no-build-isolation for the project install.
 TORCH := torch==2.13.0
 
-.PHONY: setup demo test test-slow test-gpu gpu-check benchmarks clean
+.PHONY: setup setup-vllm demo test test-slow test-gpu gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)" "setuptools>=68" wheel
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $@
+
+# CUDA machines only: vLLM for the summarizer's engine: vllm (and its gpu tests and benchmark).
+setup-vllm: setup
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev,vllm]"
 
 demo: setup
 	$(BIN)/python -m ray_jobs.demo
@@ -29,7 +33,8 @@ test-slow: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -m gpu
 
-# On a machine with one CUDA GPU: the gpu tests and the GPU benchmarks in at most 8 minutes, figures in gpu-check.json.
+# On a machine with one CUDA GPU: the gpu tests and the GPU benchmarks in at most 8 minutes, figures in gpu-check.json
+# (after `make setup-vllm`, the vLLM engine's tests and its benchmark against HF too).
 gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check --out gpu-check.json
 

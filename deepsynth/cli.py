@@ -5,6 +5,7 @@ this command holds what a user runs on their own machine.
 
     deepsynth model init-tiny runs/tiny-model
     deepsynth export runs/x/step-000500 --out exports/x [--merge] [--push-to-hub me/repo]
+    deepsynth export runs/x/step-000500 --format original exports/x-vllm     # the layout vLLM serves
     deepsynth eval --checkpoint runs/x/step-000500 --benchmark xsum --limit 500
     deepsynth config-reference --out docs/configuration.md
 """
@@ -38,10 +39,21 @@ def _init_full_width(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from deepsynth.export import export_checkpoint, push_to_hub
+    from deepsynth.export import export_checkpoint, export_original, push_to_hub, read_export_info
 
-    out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
-    print(f"Exported {'a merged model' if args.merge else 'the checkpoint'} with a model card to {out}")
+    if (args.out is None) == (args.out_dir is None):
+        raise ValueError("Name the output folder once: as the last argument or with --out.")
+    target = args.out or args.out_dir
+    if args.format == "original":
+        out = export_original(args.checkpoint, target, adapter=not args.no_adapter)
+        info = read_export_info(out)
+        print(f"Exported {args.checkpoint} ({info['kind']}) in the {info['layout']} layout to {out}"
+              + (" with a vLLM LoRA adapter in adapter/" if info["adapter"] else ""))
+        if info["vllm_incompatibilities"]:
+            print("vLLM cannot run this export: " + "; ".join(info["vllm_incompatibilities"]), file=sys.stderr)
+    else:
+        out = export_checkpoint(args.checkpoint, target, merge=args.merge)
+        print(f"Exported {'a merged model' if args.merge else 'the checkpoint'} with a model card to {out}")
     if args.push_to_hub:
         url = push_to_hub(out, args.push_to_hub, private=not args.public)
         print(f"Pushed to {url}")
@@ -93,9 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     wide.add_argument("--seed", type=int, default=0, help="seed for the weights and the tokenizer's corpus")
     wide.set_defaults(handler=_init_full_width)
 
-    export = commands.add_parser("export", help="export a checkpoint as a PEFT adapter or merged model, with a model card")
-    export.add_argument("checkpoint", help="a step-XXXXXX folder written by ray_jobs.train")
-    export.add_argument("--out", required=True, help="an empty or new folder")
+    export = commands.add_parser("export", help="export a checkpoint as a PEFT adapter or merged model, with a model "
+                                                "card, or in the original layout vLLM serves")
+    export.add_argument("checkpoint", help="a step-XXXXXX folder written by ray_jobs.train (with --format original "
+                                           "also a model folder or hub id)")
+    export.add_argument("out_dir", nargs="?", help="an empty or new folder (or give it with --out)")
+    export.add_argument("--out", help="an empty or new folder")
+    export.add_argument("--format", choices=["hf", "original"], default="hf",
+                        help="hf: transformers/PEFT folder; original: the deepseek-ai layout vLLM serves (merged "
+                             "weights, plus adapter/ in the original module names for a LoRA checkpoint)")
+    export.add_argument("--no-adapter", action="store_true",
+                        help="with --format original: write only the merged weights, no vLLM adapter")
     export.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the base weights")
     export.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repo with HF_TOKEN")
     export.add_argument("--public", action="store_true", help="create the Hub repo public (default: private)")
@@ -114,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:
         return _eval(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills positionals from the first run of them only, so in `export CK --format original OUT`
+    # OUT arrives as an extra argument.
+    if args.command == "export" and args.out_dir is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.out_dir, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:

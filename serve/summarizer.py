@@ -2,6 +2,7 @@
 
     serve run serve.summarizer:build_app checkpoint=runs/x/step-000500 adapters=legal=runs/y/step-000300
     serve run serve.summarizer:app model=deepseek-community/DeepSeek-OCR-2 device=cuda num_gpus=1
+    serve run serve/config.gpu.yaml      # engine=vllm on gpu_serve nodes
 
 `build_app(args)` validates every argument (`deepsynth.serving.config.ServeConfig`) before
 anything loads and returns two deployments. `SummarizerIngress` is the FastAPI layer: it reads
@@ -19,7 +20,10 @@ Serve's controller, never through the model's request queue, so a busy server st
 balancer. `SummarizerModel` holds the model: concurrent
 requests meet in `@serve.batch` and share `generate` calls, LoRA adapters are loaded by name
 through `@serve.multiplexed` (an LRU set per replica), and its queue bound turns overload into a
-fast 503/429 with `Retry-After`. The routes and settings are documented in docs/serving.md.
+fast 503/429 with `Retry-After`. With `engine=vllm` the model deployment is `VllmSummarizerModel`
+instead: vLLM's async engine over the model exported in the original layout
+(`deepsynth.serving.vllm_engine`), behind the same ingress. The routes and settings are documented
+in docs/serving.md.
 """
 
 import asyncio
@@ -266,6 +270,40 @@ class SummarizerModel:
         return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,
                             generate_calls=self.generate_calls, batches=self.batches,
                             loaded_adapters=self.adapters.loaded)
+
+
+@serve.deployment
+class VllmSummarizerModel:
+    """The model replica of `engine: vllm`: vLLM's async engine batches the documents in flight, adapters by name."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from deepsynth.serving.vllm_engine import VllmEngine
+
+        self.config = ServeConfig.model_validate(config)
+        self.engine = VllmEngine(self.config, context_length(self.config.base_model()))
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.log = configure_serve_logging()
+        self.requests = 0
+        self.documents_metric = metrics.Counter(
+            "deepsynth_summarizer_documents", "Documents summarized by the model replicas.", tag_keys=("adapter",))
+        self.generate_metric = metrics.Histogram(
+            "deepsynth_summarizer_generate_s", "Seconds per generate call (encode + generate).",
+            boundaries=LATENCY_BUCKETS_S, tag_keys=("adapter",))
+
+    async def summarize(self, job: SummaryJob) -> SummaryResult:
+        job.received = time.monotonic()
+        result = await self.engine.summarize(job)
+        self.requests += 1
+        tags = {"adapter": job.adapter or ""}
+        self.documents_metric.inc(tags=tags)
+        self.generate_metric.observe(result.generate_s, tags=tags)
+        return result
+
+    async def stats(self) -> ReplicaStats:
+        # One engine call per document; vLLM's scheduler, not a batch of ours, puts them together.
+        return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,
+                            generate_calls=self.requests, batches=self.requests,
+                            loaded_adapters=sorted(self.engine.lora))
 
 
 @serve.deployment
@@ -539,7 +577,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     config = load_serve_config(args)
     plain = config.model_dump()
     backpressure = {"status_code": config.overload_status, "retry_after_s": config.retry_after_s}
-    model = SummarizerModel.options(
+    model_class = VllmSummarizerModel if config.engine == "vllm" else SummarizerModel
+    model = model_class.options(
         autoscaling_config={
             "min_replicas": config.min_replicas,
             "initial_replicas": max(config.min_replicas, 1),

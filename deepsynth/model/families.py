@@ -19,6 +19,7 @@ collation, training, serving) talks only to this protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from deepsynth.model.original_layout import OCR2_ORIGINAL
 from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_useful_size, v1_visual_tokens
 
 IMAGE_TOKEN = "<image>"
@@ -40,10 +42,31 @@ class PromptInputs:
     num_visual_tokens: int = 0
 
 
+class OriginalLayout(Protocol):
+    """A family's original checkpoint layout, the one vLLM serves (`deepsynth export --format original`)."""
+
+    name: str
+    """The original checkpoint whose layout this is, e.g. deepseek-ai/DeepSeek-OCR-2."""
+    architecture: str
+    """Its config.json `architectures` entry, the class vLLM registers."""
+    lora_modules: tuple[str, ...]
+    """The module names vLLM's LoRA loader adapts."""
+
+    def config(self, config: Any, dtype: str = "bfloat16") -> dict[str, Any]: ...
+
+    def tensors(self, name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+    def adapter(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def incompatibilities(self, config: Any, processor: Any) -> list[str]: ...
+
+
 class ModelFamily(Protocol):
     name: str
     tokenizer: Any
     full_precision_modules: tuple[str, ...]
+    original_layout: OriginalLayout | None
+    """How to write the family's models in the layout vLLM serves; None where DeepSynth cannot (yet)."""
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs: ...
 
@@ -71,6 +94,7 @@ class Ocr2Family:
     name = "deepseek-ocr-2"
     # Vision tower, projector and output head stay in full precision when the decoder is quantized.
     full_precision_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    original_layout = OCR2_ORIGINAL
 
     def __init__(self, processor: Any):
         self.processor = processor
@@ -138,6 +162,8 @@ class V1Family:
 
     name = "deepseek-ocr-v1"
     full_precision_modules = ("model.sam_model", "model.vision_model", "model.projector", "lm_head")
+    # The remote-code v1 model is stored in the original layout already; export it with --format hf.
+    original_layout = None
 
     def __init__(self, tokenizer: Any, mode: str = "gundam"):
         if mode not in V1_MODES:

@@ -52,6 +52,23 @@ class ServeConfig(BaseModel):
     prompt: str | None = Field(None, min_length=1, max_length=2000)
     """Instruction after the pages; None is the template's (what the checkpoint was trained with)."""
 
+    # --- the generation engine
+    engine: Literal["hf", "vllm"] = "hf"
+    """hf: transformers `generate` in batches (`@serve.batch`), any device. vllm: vLLM's async engine on a GPU
+    (continuous batching, paged KV cache) over `vllm_model`; needs the `vllm` extra."""
+    vllm_model: str | None = None
+    """engine=vllm: the served model exported in the original layout (`deepsynth export <checkpoint or model>
+    --format original <folder>`); `model`/`checkpoint` still give the processor, template and adapters' base."""
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """engine=vllm: share of the GPU's memory vLLM takes for weights and KV cache (lower it to share a GPU)."""
+    vllm_max_lora_rank: int = Field(64, ge=1)
+    """engine=vllm: the largest LoRA rank among the adapters (vLLM sizes its LoRA buffers with it)."""
+    vllm_ngram: Literal["template", "recipe"] = "template"
+    """engine=vllm: the n-gram repetition guard (vLLM's DeepSeek-OCR logits processor): the template's
+    windowed guard (no_repeat_ngram_size within ngram_window), or vLLM's recipe (30 within 90, <td></td> allowed)."""
+    vllm_enforce_eager: bool = False
+    """engine=vllm: skip CUDA-graph capture (faster start, slower decoding)."""
+
     # --- generation
     default_max_new_tokens: int | None = Field(None, ge=1)
     """Summary length when a request sets none; None is the template's, capped at max_new_tokens_limit."""
@@ -178,6 +195,18 @@ class ServeConfig(BaseModel):
             raise ValueError(f"min_replicas={self.min_replicas} is above max_replicas={self.max_replicas}")
         if self.device.startswith("cuda") and self.num_gpus == 0:
             raise ValueError(f"device={self.device!r} needs num_gpus > 0 (fractions like 0.5 are fine)")
+        if self.engine == "vllm":
+            if self.vllm_model is None:
+                raise ValueError("engine=vllm needs vllm_model=<folder>: export the served model with `deepsynth "
+                                 "export <checkpoint or model> --format original <folder>` and pass that folder")
+            if self.num_gpus == 0 or self.device == "cpu":
+                raise ValueError("engine=vllm runs on CUDA: set num_gpus > 0 (e.g. 1) and device auto or cuda; "
+                                 "use engine=hf on CPUs")
+            if self.max_num_beams != 1:
+                raise ValueError(f"engine=vllm decodes greedily (vLLM's engine has no beam search here), so set "
+                                 f"max_num_beams=1 (got {self.max_num_beams}), or use engine=hf for beam search")
+        elif self.vllm_model is not None:
+            raise ValueError("vllm_model is read only with engine=vllm; set engine=vllm or drop vllm_model")
         for name in self.adapters:
             if not ADAPTER_NAME.match(name) or name in RESERVED_ADAPTER_NAMES:
                 raise ValueError(
@@ -229,8 +258,55 @@ def load_serve_config(args: dict[str, Any]) -> ServeConfig:
         config = ServeConfig.model_validate(args)
     except ValidationError as err:
         raise ValueError(f"Invalid summarizer arguments: {validation_detail(err.errors(), root='args')}.") from None
+    if config.engine == "vllm":
+        from deepsynth.serving.vllm_engine import VLLM_EXTRA, vllm_installed
+
+        if not vllm_installed():
+            raise ValueError("engine=vllm needs vLLM, which is not installed here: install the `vllm` extra "
+                             f"({VLLM_EXTRA}, CUDA machines only; the GPU image deploy/Dockerfile has it), or use "
+                             "engine=hf.")
     _check_paths(config)
+    if config.engine == "vllm":
+        check_vllm_model(config)
     return config
+
+
+def check_vllm_model(config: ServeConfig) -> None:
+    """The vllm_model folder is an original-layout export of the served model that vLLM can run."""
+    from deepsynth.export import read_export_info
+
+    try:
+        info = read_export_info(config.vllm_model)
+    except FileNotFoundError as err:
+        raise ValueError(f"vllm_model={config.vllm_model!r}: {err}") from None
+    served = config.checkpoint or config.model
+    if not _same_model(info["source"], str(served)):
+        raise ValueError(f"vllm_model={config.vllm_model!r} was exported from {info['source']!r}, but the served "
+                         f"model is {served!r}; export that one with `deepsynth export {served} --format original`.")
+    if info["kind"] == "merged" and config.adapters:
+        raise ValueError("with engine=vllm, adapters apply to the exported base weights, but vllm_model holds a "
+                         "merged LoRA checkpoint; serve model=<base model> with vllm_model=<its export> and the "
+                         "LoRA checkpoints as adapters, or drop adapters.")
+    from safetensors.torch import load_file
+
+    from deepsynth.model.original_layout import vllm_adapter
+    from deepsynth.training.checkpoint import ADAPTER_DIR, local_checkpoint
+
+    for name, path in config.adapters.items():
+        try:
+            vllm_adapter(load_file(local_checkpoint(path) / ADAPTER_DIR / "adapter_model.safetensors"))
+        except ValueError as err:
+            raise ValueError(f"adapters.{name}={path!r} cannot be served with engine=vllm: {err}") from None
+        if config.template(name).generation.num_beams != 1:
+            raise ValueError(f"adapters.{name} was trained to decode with num_beams="
+                             f"{config.template(name).generation.num_beams}; engine=vllm decodes greedily")
+    if config.template().generation.num_beams != 1:
+        raise ValueError(f"the served model's template decodes with num_beams={config.template().generation.num_beams}; "
+                         "engine=vllm decodes greedily, use engine=hf")
+    if info["vllm_incompatibilities"]:
+        raise ValueError(f"vllm_model={config.vllm_model!r} cannot run on vLLM, which builds DeepSeek-OCR-2's "
+                         f"published vision tower in: {'; '.join(info['vllm_incompatibilities'])}. Serve it with "
+                         "engine=hf.")
 
 
 def _check_paths(config: ServeConfig) -> None:

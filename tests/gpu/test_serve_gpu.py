@@ -9,6 +9,7 @@ import pytest
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.slow  # benchmarks.gpu_check runs the benchmark as its own part
 def test_serve_gpu_benchmark_runs_in_under_ten_minutes():
     out = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--gpu", "--rounds", "2"],
                          check=False, capture_output=True, text=True, timeout=600)
