@@ -68,7 +68,7 @@ class PrepareConfig:
     model: str = DEFAULT_MODEL
     """Model whose tokenizer and processor count the text and visual tokens of the statistics."""
     trust_remote_code: bool = False
-    """Needed to count tokens for a DeepSeek-OCR v1 model."""
+    """Passed to a DeepSeek-OCR v1 model's tokenizer; nothing needs it."""
     rows_per_shard: int = 256
     """Documents per Parquet file."""
 
@@ -221,9 +221,7 @@ def _family(model: str, trust_remote_code: bool):
 
     if family_class(model_type_of(model)) is Ocr2Family:
         return Ocr2Family(AutoProcessor.from_pretrained(model))
-    if not trust_remote_code:
-        raise ValueError(f"{model} is a DeepSeek-OCR v1 checkpoint; pass trust_remote_code=true to count its tokens.")
-    return V1Family(AutoTokenizer.from_pretrained(model, trust_remote_code=True))
+    return V1Family(AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code))
 
 
 def add_compression_stats(batch: dict[str, np.ndarray], model: str, trust_remote_code: bool = False) -> pa.Table:

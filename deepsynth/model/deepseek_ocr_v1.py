@@ -40,7 +40,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    CLIPVisionConfig,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
@@ -441,3 +448,6 @@ class DeepseekOCRForCausalLM(PreTrainedModel, GenerationMixin):
 
 if get_checkpoint_conversion_mapping(DeepseekOCRForCausalLM.__name__) is None:
     register_checkpoint_conversion_mapping(DeepseekOCRForCausalLM.__name__, conversion_mapping())
+# So AutoConfig (and AutoTokenizer, which reads the config) know the published model type.
+AutoConfig.register(MODEL_TYPE, DeepseekOcrV1Config, exist_ok=True)
+AutoModelForCausalLM.register(DeepseekOcrV1Config, DeepseekOCRForCausalLM, exist_ok=True)

@@ -27,6 +27,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from transformers import DeepseekOcr2ForConditionalGeneration
+
+from deepsynth.model.deepseek_ocr_v1 import DeepseekOCRForCausalLM
 from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_useful_size, v1_visual_tokens
 
 IMAGE_TOKEN = "<image>"
@@ -45,6 +48,9 @@ class ModelFamily(Protocol):
     name: str
     tokenizer: Any
     full_precision_modules: tuple[str, ...]
+    model_class: type
+    """The native transformers model class: `from_pretrained` loads the published checkpoint."""
+    image_token_id: int
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs: ...
 
@@ -70,6 +76,7 @@ class Ocr2Family:
     """DeepSeek-OCR-2 through transformers' native `DeepseekOcr2Processor`."""
 
     name = "deepseek-ocr-2"
+    model_class = DeepseekOcr2ForConditionalGeneration
     # Vision tower, projector and output head stay in full precision when the decoder is quantized.
     full_precision_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
@@ -77,6 +84,7 @@ class Ocr2Family:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.geometry = Ocr2Geometry.of(processor)
+        self.image_token_id = processor.image_token_id
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs:
         if not pages:
@@ -138,6 +146,7 @@ class V1Family:
     """DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`): its page views in the published preprocessing."""
 
     name = "deepseek-ocr-v1"
+    model_class = DeepseekOCRForCausalLM
     full_precision_modules = ("model.sam_model", "model.vision_model", "model.projector", "lm_head")
 
     def __init__(self, tokenizer: Any, mode: str = "gundam"):
