@@ -446,8 +446,10 @@ class DeepseekOCRForCausalLM(PreTrainedModel, GenerationMixin):
         return inputs
 
 
-if get_checkpoint_conversion_mapping(DeepseekOCRForCausalLM.__name__) is None:
-    register_checkpoint_conversion_mapping(DeepseekOCRForCausalLM.__name__, conversion_mapping())
+# By class name (transformers' loading and saving) and by model type (PEFT converts adapter keys by model type).
+for _key in (DeepseekOCRForCausalLM.__name__, MODEL_TYPE):
+    if get_checkpoint_conversion_mapping(_key) is None:
+        register_checkpoint_conversion_mapping(_key, conversion_mapping())
 # So AutoConfig (and AutoTokenizer, which reads the config) know the published model type.
 AutoConfig.register(MODEL_TYPE, DeepseekOcrV1Config, exist_ok=True)
 AutoModelForCausalLM.register(DeepseekOcrV1Config, DeepseekOCRForCausalLM, exist_ok=True)
