@@ -201,3 +201,24 @@ def test_unsupported_configurations_are_refused():
         DeepseekOcrV1Config(language_config={"use_mla": True})
     with pytest.raises(ValueError, match="must equal CLIP's"):
         DeepseekOcrV1Config(vision_config={"width": {"sam_vit_b": {"downsample_channels": [512, 768]}}})
+
+
+def test_qlora_quantizes_the_decoder_and_keeps_vision_in_full_precision(tiny_v1_dir):
+    import bitsandbytes as bnb
+
+    from deepsynth.model.quantize import Nf4Experts
+    from deepsynth.training.modes import load_for_training, prepare_trainable
+
+    model, _, family = load_for_training(str(tiny_v1_dir), "qlora", dtype="float32", device="cpu", v1_mode="base")
+    decoder = dict(model.model.language_model.named_modules())
+    assert isinstance(decoder["layers.0.self_attn.q_proj"], bnb.nn.Linear4bit)
+    assert isinstance(decoder["layers.1.mlp.experts"], Nf4Experts)
+    assert all(not isinstance(m, bnb.nn.Linear4bit) for part in family.vision_parts(model, True).values()
+               if isinstance(part, torch.nn.Module) for m in part.modules())
+    model, _ = prepare_trainable(model, family, "qlora", rank=4, alpha=8)
+    inputs = to_model(batch_for(family, [page(1024, 1024)]).inputs, *placement(model))
+    model(**inputs).loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.grad is not None for p in trainable.values())
+    # lora_B starts at zero, so only it has a nonzero gradient on the first step.
+    assert all(p.grad.abs().sum() > 0 for n, p in trainable.items() if "lora_B" in n)
