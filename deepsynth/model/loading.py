@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 OCR2_MODEL_TYPES = {"deepseek_ocr2"}
-# v1's remote-code config reports the DeepSeek-VL2 type it was derived from.
+# v1's published config reports the DeepSeek-VL2 type it was derived from.
 V1_MODEL_TYPES = {"deepseek_vl_v2", "deepseekocr"}
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
