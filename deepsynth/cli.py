@@ -22,8 +22,12 @@ from deepsynth import __version__
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
-    from deepsynth.model.tiny import build_tiny_model
+    from deepsynth.model.tiny import build_tiny_model, build_tiny_v1_model
 
+    if args.family == "deepseek-ocr":
+        out = build_tiny_v1_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, dtype=args.dtype)
+        print(f"Wrote a tiny random-initialised DeepSeek-OCR v1 to {out}")
+        return 0
     out = build_tiny_model(args.out_dir, seed=args.seed, vocab_size=args.vocab_size, sam_patch_size=args.sam_patch_size,
                            dtype=args.dtype)
     print(f"Wrote a tiny random-initialised DeepSeek-OCR-2 to {out}")
@@ -85,13 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     model = commands.add_parser("model", help="build and inspect models").add_subparsers(dest="model_command", required=True)
-    tiny = model.add_parser("init-tiny", help="build a tiny random DeepSeek-OCR-2 (real architecture) offline")
+    tiny = model.add_parser("init-tiny", help="build a tiny random DeepSeek-OCR-2 or v1 (real architecture) offline")
     tiny.add_argument("out_dir", help="folder to write the model, tokenizer and processor to (must not hold a model)")
+    tiny.add_argument("--family", default="deepseek-ocr-2", choices=["deepseek-ocr-2", "deepseek-ocr"],
+                      help="deepseek-ocr-2 (default) or deepseek-ocr (v1, weights in the published layout)")
     tiny.add_argument("--seed", type=int, default=0, help="seed for the weights and the tokenizer's corpus")
     tiny.add_argument("--vocab-size", type=int, default=1024, help="upper bound on the BPE vocabulary size")
     tiny.add_argument(
         "--sam-patch-size", type=int, default=32, choices=[32, 16],
-        help="32: fast, 768 px global view (145 visual tokens a page); 16: the real checkpoint's sizes",
+        help="OCR-2 only. 32: fast, 768 px global view (145 visual tokens a page); 16: the real checkpoint's sizes",
     )
     tiny.add_argument(
         "--dtype", default="bfloat16", choices=["bfloat16", "float32"],

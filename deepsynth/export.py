@@ -88,7 +88,7 @@ def export_original(source: str | Path, out_dir: str | Path, *, adapter: bool = 
     family = family_class(model_type_of(meta["base_model"] if meta else str(source)))
     layout = family.original_layout
     if layout is None:
-        raise ValueError(f"{family.name} models have no original-layout export here; export with --format hf.")
+        raise ValueError(f"{family.name} models are saved in their original layout already; export with --format hf.")
     lora = meta is not None and meta["mode"] != "full"
     adapter_tensors = None
     if lora and adapter:

@@ -98,7 +98,7 @@ def summarize(model, processor, family, texts: list[str], documents: list[list],
               batch_size: int) -> list[dict]:
     """Each document's prediction and its text and visual token counts."""
     predictions = generate_summaries(model, processor, documents, options=template.generation, prompt=template.prompt,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, family=family)
     results = []
     for text, pages, prediction in zip(texts, documents, predictions):
         stats = compression_stats(text, pages, family)

@@ -98,7 +98,7 @@ def prepare_split(config: PrepareConfig, split: str, folder: str) -> dict:
         ray.data.from_items(records)
         .map_batches(render_batch, fn_kwargs={"layout": config.layout, "max_pages": config.max_pages,
                                               "truncate": config.long_documents == "truncate"}, batch_size=16)
-        .map_batches(add_compression_stats, fn_kwargs={"model": config.model,
+        .map_batches(add_compression_stats, fn_kwargs={"model": config.model, "layout": config.layout,
                                                        "trust_remote_code": config.trust_remote_code}, batch_size=16)
         .write_parquet(split_dir, min_rows_per_file=config.rows_per_shard)
     )

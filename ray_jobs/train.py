@@ -56,15 +56,10 @@ def check_lora_targets(config: TrainConfig) -> None:
     """Fail before any worker starts if lora_targets match nothing (checked on a weightless model)."""
     if config.mode == "full":
         return
-    from transformers import AutoConfig, AutoModel, DeepseekOcr2ForConditionalGeneration
-
     family = family_class(model_type_of(config.model))
-    model_config = AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    model_config = family.model_class.config_class.from_pretrained(config.model)
     with torch.device("meta"):
-        if model_config.model_type == "deepseek_ocr2":
-            skeleton = DeepseekOcr2ForConditionalGeneration(model_config)
-        else:
-            skeleton = AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code)
+        skeleton = family.model_class(model_config)
     find_lora_targets(skeleton, family, config.lora_targets)
 
 

@@ -57,6 +57,7 @@ from deepsynth.data.pdf_process import PdfProcess, PdfTimeout
 from deepsynth.logs import configure_serve_logging, serve_logging_config
 from deepsynth.model.families import ModelFamily
 from deepsynth.model.loading import context_length, load_processor
+from deepsynth.model.tokens import v1_mode_for
 from deepsynth.serving.adapters import AdapterSet, LoadedAdapter
 from deepsynth.serving.capacity import Deadline, RenderPool
 from deepsynth.serving.config import ServeConfig, load_serve_config
@@ -193,7 +194,7 @@ class SummarizerModel:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = ServeConfig.model_validate(config)
         loaded = load_served_model(self.config)
-        self.processor = loaded.processor
+        self.processor, self.family = loaded.processor, loaded.family
         self.adapters = AdapterSet(loaded.model, self.config.adapters)
         # Adapters, switching and generation share one model, so one batch at a time touches it
         # (Serve runs the per-adapter sub-batches of a batch concurrently).
@@ -264,7 +265,7 @@ class SummarizerModel:
 
     def _generate(self, adapter: str | None, jobs: list[SummaryJob]) -> tuple[list[SummaryResult], list[float]]:
         with self.adapters.active(adapter) as model:
-            return summarize_jobs(model, self.processor, jobs)
+            return summarize_jobs(model, self.processor, jobs, family=self.family)
 
     async def stats(self) -> ReplicaStats:
         return ReplicaStats(replica=self.replica, pid=os.getpid(), requests=self.requests,
@@ -320,7 +321,7 @@ class SummarizerIngress:
         self.pool = RenderPool(self.config.render_workers, self.config.max_queued_renders, self.config.retry_after_s)
         self.pdf_processes = threading.local()  # one PDFium child per render thread, started at its first PDF
         # The model's processor without its weights: the usage counts are the replica's own.
-        _, self.family = load_processor(self.config.base_model())
+        _, self.family = load_processor(self.config.base_model(), v1_mode=v1_mode_for(self.config.template().layout))
         self.budget = ContextBudget(self.family, context_length(self.config.base_model()))
         # What each servable model was trained with: the layout text is rendered in, the prompt, the decoding.
         self.templates = {None: self.config.template(), **{name: self.config.template(name)

@@ -25,7 +25,7 @@ import torch
 from deepsynth.data.corpus import generate_corpus
 from deepsynth.data.render import LAYOUTS, render_pages
 from deepsynth.model.loading import load_model_and_processor
-from deepsynth.model.tiny import build_tiny_model
+from deepsynth.model.tiny import build_tiny_model, build_tiny_v1_model
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,6 +40,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_v1_dir(tmp_path_factory):
+    """The tiny DeepSeek-OCR v1, stored in bf16 in the published weight layout."""
+    return build_tiny_v1_model(tmp_path_factory.mktemp("tiny-v1"))
 
 
 @pytest.fixture

@@ -39,3 +39,15 @@ def test_init_tiny_into_a_model_folder_fails_with_a_clear_message(tiny_model_dir
     assert result.returncode == 2
     assert "already holds a model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_init_tiny_builds_a_v1_with_the_published_weight_names(tmp_path):
+    out = tmp_path / "tiny-v1"
+    result = run("model", "init-tiny", str(out), "--family", "deepseek-ocr", "--dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    assert "DeepSeek-OCR v1" in result.stdout
+    model, _, family = load_model_and_processor(str(out))
+    assert type(model).__name__ == "DeepseekOCRForCausalLM" and family.name == "deepseek-ocr-v1"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert '"model.sam_model.blocks.0.norm1.weight"' in (out / "model.safetensors").read_bytes()[:100_000].decode(
+        "latin-1")

@@ -68,7 +68,7 @@ class PrepareConfig:
     model: str = DEFAULT_MODEL
     """Model whose tokenizer and processor count the text and visual tokens of the statistics."""
     trust_remote_code: bool = False
-    """Needed to count tokens for a DeepSeek-OCR v1 model."""
+    """Passed to a DeepSeek-OCR v1 model's tokenizer; nothing needs it."""
     rows_per_shard: int = 256
     """Documents per Parquet file."""
 
@@ -213,27 +213,24 @@ def read_prepared_pages(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=2)
-def _family(model: str, trust_remote_code: bool):
-    from transformers import AutoProcessor, AutoTokenizer
+def _family(model: str, trust_remote_code: bool, layout: str):
+    from deepsynth.model.loading import load_processor
+    from deepsynth.model.tokens import v1_mode_for
 
-    from deepsynth.model.families import Ocr2Family, V1Family
-    from deepsynth.model.loading import family_class, model_type_of
-
-    if family_class(model_type_of(model)) is Ocr2Family:
-        return Ocr2Family(AutoProcessor.from_pretrained(model))
-    if not trust_remote_code:
-        raise ValueError(f"{model} is a DeepSeek-OCR v1 checkpoint; pass trust_remote_code=true to count its tokens.")
-    return V1Family(AutoTokenizer.from_pretrained(model, trust_remote_code=True))
+    return load_processor(model, trust_remote_code=trust_remote_code, v1_mode=v1_mode_for(layout))[1]
 
 
-def add_compression_stats(batch: dict[str, np.ndarray], model: str, trust_remote_code: bool = False) -> pa.Table:
+def add_compression_stats(batch: dict[str, np.ndarray], model: str, trust_remote_code: bool = False,
+                          layout: str = "ocr2-page") -> pa.Table:
     """Ray Data step after `render_batch`: per-document text tokens, visual tokens and their ratio.
+
+    `layout` is the one the pages were rendered with; it picks a DeepSeek-OCR v1 model's mode.
 
     Returns an Arrow table so `pages` is stored as a plain `list<binary>` column that any Parquet reader reads.
     """
     from deepsynth.data.compression import compression_stats
 
-    family = _family(model, trust_remote_code)
+    family = _family(model, trust_remote_code, layout)
     # Image.open reads only the header: the statistics need page sizes, not pixels.
     stats = [compression_stats(str(text), [Image.open(io.BytesIO(png)) for png in pages], family)
              for text, pages in zip(batch["text"], batch["pages"])]

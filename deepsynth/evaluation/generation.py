@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from deepsynth.data.collate import DEFAULT_PROMPT
-from deepsynth.model.families import IMAGE_TOKEN
+from deepsynth.model.families import IMAGE_TOKEN, ModelFamily, V1Family
 from deepsynth.model.inputs import placement, to_model
 
 
@@ -125,17 +125,23 @@ def generate_token_ids(
     prompt: str = DEFAULT_PROMPT,
     batch_size: int = 8,
     logits_processor: Sequence[LogitsProcessor] = (),
+    family: ModelFamily | None = None,
 ) -> list[list[int]]:
     """Each document's generated summary as token ids, without special tokens (EOS, padding),
     `batch_size` documents per `generate` call.
 
     `prompt` is the instruction after the pages: the checkpoint's template prompt, so the model
     is asked what it was trained on. `logits_processor` runs before the guard (tests use it to
-    force a loop).
+    force a loop). For DeepSeek-OCR v1, `processor` is its tokenizer and `family` the family it was
+    loaded with, which knows its resolution mode (default: gundam, the loader's default).
     """
-    if not hasattr(processor, "image_processor"):
-        raise ValueError("generate_summaries needs a DeepSeek-OCR-2 processor; DeepSeek-OCR v1 generation is not supported yet.")
-    tokenizer = processor.tokenizer
+    # v1 ships no processor: its "processor" is the tokenizer, and the family builds the pages' views.
+    if hasattr(processor, "image_processor"):
+        family = None
+    else:
+        family = family if isinstance(family, V1Family) else V1Family(processor)
+    tokenizer = processor.tokenizer if family is None else processor
+    image_token_id = processor.image_token_id if family is None else family.image_token_id
     special = set(tokenizer.all_special_ids)
     device, dtype = placement(model)
     generated: list[list[int]] = []
@@ -144,9 +150,13 @@ def generate_token_ids(
     try:
         for start in range(0, len(documents), batch_size):
             chunk = documents[start : start + batch_size]
-            texts = [f"{IMAGE_TOKEN}\n" * len(pages) + prompt for pages in chunk]
-            images = [page for pages in chunk for page in pages]
-            inputs = to_model(processor(images=images, text=texts, padding=True, return_tensors="pt"), device, dtype)
+            if family is None:
+                texts = [f"{IMAGE_TOKEN}\n" * len(pages) + prompt for pages in chunk]
+                images = [page for pages in chunk for page in pages]
+                batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
+            else:
+                batch = _left_padded(family, chunk, prompt)
+            inputs = to_model(batch, device, dtype)
             prompt_length = inputs["input_ids"].shape[1]
             output = model.generate(
                 **inputs, max_new_tokens=options.max_new_tokens, min_new_tokens=options.min_new_tokens,
@@ -154,13 +164,22 @@ def generate_token_ids(
                 # HF's own guards scan the whole sequence; off, whatever the checkpoint's generation_config says.
                 no_repeat_ngram_size=0, repetition_penalty=1.0,
                 # Image placeholders and padding are never text; an untrained model would otherwise write them.
-                suppress_tokens=sorted({processor.image_token_id, tokenizer.pad_token_id} - {tokenizer.eos_token_id}),
+                suppress_tokens=sorted({image_token_id, tokenizer.pad_token_id} - {tokenizer.eos_token_id}),
                 logits_processor=LogitsProcessorList([*logits_processor, *options.guard(prompt_length)]),
             )
             generated += [[t for t in row.tolist() if t not in special] for row in output[:, prompt_length:]]
     finally:
         tokenizer.padding_side = original_side
     return generated
+
+
+def _left_padded(family: V1Family, chunk: Sequence[Sequence[Image.Image]], prompt: str) -> dict[str, torch.Tensor]:
+    encoded = [family.encode_prompt(list(pages), prompt) for pages in chunk]
+    width = max(len(e.input_ids) for e in encoded)
+    pad = family.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(e.input_ids)) + e.input_ids for e in encoded])
+    attention_mask = torch.tensor([[0] * (width - len(e.input_ids)) + [1] * len(e.input_ids) for e in encoded])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, **family.merge_vision(encoded, input_ids)}
 
 
 def generate_summaries(
@@ -172,11 +191,12 @@ def generate_summaries(
     prompt: str = DEFAULT_PROMPT,
     batch_size: int = 8,
     logits_processor: Sequence[LogitsProcessor] = (),
+    family: ModelFamily | None = None,
 ) -> list[str]:
     """Summaries of `documents` (each a list of page images): `generate_token_ids`, decoded."""
     ids = generate_token_ids(model, processor, documents, options=options, prompt=prompt, batch_size=batch_size,
-                             logits_processor=logits_processor)
-    return decode_summaries(processor.tokenizer, ids)
+                             logits_processor=logits_processor, family=family)
+    return decode_summaries(getattr(processor, "tokenizer", processor), ids)
 
 
 def decode_summaries(tokenizer: Any, ids: Sequence[Sequence[int]]) -> list[str]:

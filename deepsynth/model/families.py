@@ -9,8 +9,9 @@ collation, training, serving) talks only to this protocol.
 - `Ocr2Family` wraps the native transformers `DeepseekOcr2Processor`
   (`deepseek-community/DeepSeek-OCR-2`): inputs are `pixel_values`, `pixel_values_local`
   and `num_local_patches`.
-- `V1Family` rebuilds the input layout of the remote-code `deepseek-ai/DeepSeek-OCR`
-  checkpoint: `images=[(crops, global_views)]`, `images_seq_mask`, `images_spatial_crop`.
+- `V1Family` builds the inputs of DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`, our native
+  `DeepseekOCRForCausalLM`): `pixel_values` (global views), `pixel_values_local` (crops) and
+  `images_spatial_crop`, all tensors.
 
     model, processor, family = load_model_and_processor(path)   # picks the family
     encoded = family.encode_prompt(pages, "Summarize the document.")
@@ -27,6 +28,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from transformers import DeepseekOcr2ForConditionalGeneration
+
+from deepsynth.model.deepseek_ocr_v1 import DeepseekOCRForCausalLM
 from deepsynth.model.original_layout import OCR2_ORIGINAL
 from deepsynth.model.tokens import V1_MODES, Ocr2Geometry, v1_crop_grid, v1_useful_size, v1_visual_tokens
 
@@ -66,7 +70,10 @@ class ModelFamily(Protocol):
     tokenizer: Any
     full_precision_modules: tuple[str, ...]
     original_layout: OriginalLayout | None
-    """How to write the family's models in the layout vLLM serves; None where DeepSynth cannot (yet)."""
+    """How to write the family's models in the layout vLLM serves; None where the native model already saves it."""
+    model_class: type
+    """The native transformers model class: `from_pretrained` loads the published checkpoint."""
+    image_token_id: int
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs: ...
 
@@ -92,6 +99,7 @@ class Ocr2Family:
     """DeepSeek-OCR-2 through transformers' native `DeepseekOcr2Processor`."""
 
     name = "deepseek-ocr-2"
+    model_class = DeepseekOcr2ForConditionalGeneration
     # Vision tower, projector and output head stay in full precision when the decoder is quantized.
     full_precision_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     original_layout = OCR2_ORIGINAL
@@ -100,6 +108,7 @@ class Ocr2Family:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.geometry = Ocr2Geometry.of(processor)
+        self.image_token_id = processor.image_token_id
 
     def encode_prompt(self, pages: Sequence[Image.Image], prompt: str) -> PromptInputs:
         if not pages:
@@ -158,11 +167,13 @@ def _v1_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class V1Family:
-    """DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`, remote code): builds its `images=` inputs."""
+    """DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`): its page views in the published preprocessing."""
 
     name = "deepseek-ocr-v1"
+    model_class = DeepseekOCRForCausalLM
     full_precision_modules = ("model.sam_model", "model.vision_model", "model.projector", "lm_head")
-    # The remote-code v1 model is stored in the original layout already; export it with --format hf.
+    # The native v1 saves the published names and config.json itself (a reversed conversion mapping), so
+    # `--format hf` is the original layout; vLLM-named v1 adapters are not written.
     original_layout = None
 
     def __init__(self, tokenizer: Any, mode: str = "gundam"):
@@ -212,23 +223,23 @@ class V1Family:
             + [self.image_token_id] * num_visual
             + self.tokenizer.encode("\n" + prompt, add_special_tokens=False)
         )
-        side = self.mode.base_size
-        vision = {
-            "global_view": global_view.unsqueeze(0),
-            # v1 marks "no crops" with one all-zero tensor, and tests for it by its sum.
-            "crops": torch.stack(crops) if crops else torch.zeros(1, 3, side, side),
-            "spatial_crop": torch.tensor(grid, dtype=torch.long),
-        }
+        vision = {"pixel_values": global_view.unsqueeze(0),
+                  "images_spatial_crop": torch.tensor([grid], dtype=torch.long)}
+        if crops:
+            vision["pixel_values_local"] = torch.stack(crops)
         return PromptInputs(input_ids=input_ids, vision=vision, num_visual_tokens=num_visual)
 
     def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]:
-        # v1's forward zips `images` with `images_spatial_crop`: one (crops, global view) pair
-        # and one (width, height) crop grid per example.
-        return {
-            "images": [(it.vision["crops"], it.vision["global_view"]) for it in items],
-            "images_spatial_crop": torch.stack([it.vision["spatial_crop"] for it in items]),
-            "images_seq_mask": input_ids == self.image_token_id,
+        # The model lays out each example's crops (in order, `images_spatial_crop` says how many)
+        # and its global view into that example's <image> positions.
+        merged = {
+            "pixel_values": torch.cat([it.vision["pixel_values"] for it in items]),
+            "images_spatial_crop": torch.cat([it.vision["images_spatial_crop"] for it in items]),
         }
+        local = [it.vision["pixel_values_local"] for it in items if "pixel_values_local" in it.vision]
+        if local:
+            merged["pixel_values_local"] = torch.cat(local)
+        return merged
 
     @staticmethod
     def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:
@@ -242,10 +253,9 @@ class V1Family:
 
     @staticmethod
     def decoder_parts(model: nn.Module) -> dict[str, nn.Module]:
-        core = model.model
-        return {"embed_tokens": core.embed_tokens, "layers": core.layers, "norm": core.norm, "lm_head": model.lm_head}
+        return {"language_model": model.model.language_model, "lm_head": model.lm_head}
 
     @staticmethod
     def router_parts(model: nn.Module) -> list[nn.Module]:
-        """The MoE layers' router gates (DeepSeek-V2's `MoEGate`; dense layers have none)."""
-        return [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+        """The MoE layers' router gates (the dense first layer has none)."""
+        return [layer.mlp.gate for layer in model.model.language_model.layers if hasattr(layer.mlp, "gate")]

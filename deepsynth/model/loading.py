@@ -7,8 +7,11 @@ family:
 - `deepseek_ocr2` (e.g. `deepseek-community/DeepSeek-OCR-2`, or a folder made by
   `deepsynth model init-tiny`) loads natively with `DeepseekOcr2ForConditionalGeneration`
   and `AutoProcessor`;
-- DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`) needs the checkpoint's own remote code, so
-  it loads only when the caller passes `trust_remote_code=True`.
+- DeepSeek-OCR v1 (`deepseek-ai/DeepSeek-OCR`, model type `deepseek_vl_v2`) loads natively too,
+  with our `DeepseekOCRForCausalLM` (`deepsynth.model.deepseek_ocr_v1`) from the published weight
+  names, and its tokenizer. The checkpoint's remote code cannot run on transformers 5.23 (it
+  imports `LlamaFlashAttention2`, removed in 4.48), so it is never needed: `trust_remote_code`
+  is still accepted and only reaches the tokenizer.
 
 A Hub token, when one is needed, comes from `HF_TOKEN` (huggingface_hub reads it); it is never
 logged or stored.
@@ -24,13 +27,7 @@ import logging
 from typing import Any, NamedTuple
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoProcessor,
-    AutoTokenizer,
-    DeepseekOcr2ForConditionalGeneration,
-    PretrainedConfig,
-)
+from transformers import AutoProcessor, AutoTokenizer, PretrainedConfig
 
 from deepsynth.model.families import ModelFamily, Ocr2Family, V1Family
 
@@ -38,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 OCR2_MODEL_TYPES = {"deepseek_ocr2"}
-# v1's remote-code config reports the DeepSeek-VL2 type it was derived from.
+# v1's published config reports the DeepSeek-VL2 type it was derived from.
 V1_MODEL_TYPES = {"deepseek_vl_v2", "deepseekocr"}
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,7 +44,8 @@ _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
 class LoadedModel(NamedTuple):
     model: Any
     processor: Any
-    """The `DeepseekOcr2Processor` for OCR-2; the tokenizer for v1, which ships no processor class."""
+    """The `DeepseekOcr2Processor` for OCR-2; the tokenizer for v1, which ships no processor class
+    (`V1Family` does its image preprocessing)."""
     family: ModelFamily
 
 
@@ -109,12 +107,7 @@ def load_processor(
     if family_class(model_type_of(name_or_path, revision)) is Ocr2Family:
         processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
         return processor, Ocr2Family(processor)
-    if not trust_remote_code:
-        raise ValueError(
-            f"{name_or_path} is a DeepSeek-OCR v1 checkpoint, whose model code ships inside the checkpoint. "
-            "Read that code, then pass trust_remote_code=True (--trust-remote-code) to run it."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     return tokenizer, V1Family(tokenizer, mode=v1_mode)
 
 
@@ -140,12 +133,12 @@ def load_model_and_processor(
             None keeps transformers' default.
         device: "cpu", "cuda", "cuda:1" or "auto". Ignored when `quantization_config` places the model.
         revision: a hub branch, tag or commit, for reproducible loads.
-        trust_remote_code: required for DeepSeek-OCR v1, whose modelling code lives in the checkpoint.
+        trust_remote_code: passed to the tokenizer only; both families' models are native.
         v1_mode: the v1 resolution mode (tiny, small, base, large, gundam).
         quantization_config: e.g. a `BitsAndBytesConfig` for QLoRA.
     """
     torch_dtype = resolve_dtype(dtype)
-    # The processor first: it refuses other model types and v1 without trust_remote_code before any weights load.
+    # The processor first: it refuses other model types before any weights load.
     processor, family = load_processor(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
                                        v1_mode=v1_mode)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
@@ -158,10 +151,7 @@ def load_model_and_processor(
         # bitsandbytes places the weights itself; moving them afterwards is not allowed.
         kwargs["device_map"] = {"": resolve_device("auto")}
 
-    if isinstance(family, Ocr2Family):
-        model = DeepseekOcr2ForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
-    else:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, use_safetensors=True, **kwargs)
+    model = family.model_class.from_pretrained(name_or_path, **kwargs)
 
     if quantization_config is None:
         model = model.to(resolve_device(device))

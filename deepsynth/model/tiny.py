@@ -39,6 +39,7 @@ from transformers import (
 from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
 from deepsynth.data.corpus import SPLITS, generate_corpus
+from deepsynth.model.deepseek_ocr_v1 import DeepseekOCRForCausalLM, DeepseekOcrV1Config
 from deepsynth.model.families import IMAGE_TOKEN
 from deepsynth.model.full_size import published_config
 from deepsynth.model.tokens import PUBLISHED_OCR2
@@ -175,6 +176,65 @@ def build_full_width_model(out_dir: str | Path, num_layers: int = 3, seed: int =
     description = f"the published widths and {num_layers} of its 12 decoder layers"
     return _write_model(out, config, tokenizer, PUBLISHED_OCR2.global_size, seed, dtype, "full-width", description,
                         device)
+
+
+def tiny_v1_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, image_token_id: int,
+                   global_attn_indexes: tuple[int, ...] = ()) -> DeepseekOcrV1Config:
+    """DeepSeek-OCR v1's architecture with small widths and the real image geometry.
+
+    SAM keeps its 16 px patches, 1024 px input, 14-patch windows and two stride-2 convolutions
+    (a 1024 px view gives 16 x 16 features, a 640 px crop 10 x 10, as in the published model);
+    CLIP keeps its 224/14 position table (16 x 16 + 1); only widths and depths shrink. SAM's
+    global-attention layers (2, 5, 8, 11 in the published model) are left out by default: one
+    global layer over 64 x 64 patches costs more than the rest of the tiny tower on a CPU.
+    """
+    language = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, first_k_dense_replace=1,
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+        # bitsandbytes quantizes in blocks of 64 inputs; narrower layers break its CPU kernels (QLoRA tests).
+        moe_intermediate_size=64, max_position_embeddings=8192, bos_token_id=bos_id, eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    width = {
+        "sam_vit_b": dict(width=32, layers=2, heads=2, global_attn_indexes=list(global_attn_indexes),
+                          out_chans=32, downsample_channels=[64, 64]),
+        "clip-l-14-224": dict(width=64, layers=2, heads=4, image_size=224, patch_size=14),
+    }
+    return DeepseekOcrV1Config(language_config=language, vision_config={"image_size": 1024, "width": width},
+                               image_token_id=image_token_id)
+
+
+def build_tiny_v1_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, dtype: str = "bfloat16",
+                        global_attn_indexes: tuple[int, ...] = ()) -> Path:
+    """Write a tiny random-initialised DeepSeek-OCR v1 (weights in the published layout, tokenizer) to `out_dir`."""
+    out = _empty_folder(out_dir, dtype)
+    tokenizer = corpus_tokenizer(seed, vocab_size)
+    config = tiny_v1_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                            tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), global_attn_indexes)
+    torch.manual_seed(seed)
+    model = DeepseekOCRForCausalLM._from_config(config, dtype=torch.float32).to(TINY_DTYPES[dtype])
+    _seed_zero_inits(model, seed)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    description = "small widths, the real 1024 px global view and 640 px crops"
+    card = _model_card(seed, model.num_parameters(), "tiny", description, dtype)
+    (out / "README.md").write_text(card.replace("DeepSeek-OCR-2", "DeepSeek-OCR v1").replace(
+        "`DeepseekOcr2ForConditionalGeneration`", "DeepSeek-OCR v1 (`DeepseekOCRForCausalLM`, published weight names)"))
+    return out
+
+
+def _seed_zero_inits(model: torch.nn.Module, seed: int) -> None:
+    # SAM's position table and relative-position tables start at zero (right for loading weights); a
+    # random tower needs them random, or every position looks the same.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
 
 
 def corpus_tokenizer(seed: int, vocab_size: int) -> PreTrainedTokenizerFast:

@@ -104,6 +104,12 @@ V1_PATCH, V1_DOWNSAMPLE = 16, 4
 V1_MIN_CROPS, V1_MAX_CROPS = 2, 9
 
 
+def v1_mode_for(layout: str) -> str:
+    """The v1 resolution mode a layout is rendered for: `v1-<mode>` layouts name it, any other gets gundam."""
+    mode = layout.removeprefix("v1-") if layout.startswith("v1-") else "gundam"
+    return mode if mode in V1_MODES else "gundam"
+
+
 def v1_crop_grid(mode: V1Mode, width: int, height: int) -> tuple[int, int]:
     """(columns, rows) of the local crops v1 cuts a page into; (1, 1) means no crops."""
     if not mode.crop or (width <= mode.image_size and height <= mode.image_size):

@@ -51,9 +51,11 @@ def load_served_model(config: ServeConfig) -> LoadedCheckpoint:
 
 
 def summarize_jobs(
-    model: Any, processor: Any, jobs: Sequence[SummaryJob]
+    model: Any, processor: Any, jobs: Sequence[SummaryJob], family: Any = None
 ) -> tuple[list[SummaryResult], list[float]]:
-    """Summaries for `jobs` in order, and the seconds of each `generate` call (one per prompt and options)."""
+    """Summaries for `jobs` in order, and the seconds of each `generate` call (one per prompt and options).
+
+    `family` is the loaded model's (needed for DeepSeek-OCR v1, whose processor is its tokenizer)."""
     groups: dict[tuple[GenerationOptions, str], list[int]] = {}
     for index, job in enumerate(jobs):
         groups.setdefault((job.options, job.prompt), []).append(index)
@@ -62,8 +64,8 @@ def summarize_jobs(
     for (options, prompt), indices in groups.items():
         started = time.monotonic()
         ids = generate_token_ids(model, processor, [jobs[i].pages for i in indices], options=options,
-                                 prompt=prompt, batch_size=len(indices))
-        summaries = decode_summaries(processor.tokenizer, ids)
+                                 prompt=prompt, batch_size=len(indices), family=family)
+        summaries = decode_summaries(getattr(processor, "tokenizer", processor), ids)
         generate_s = time.monotonic() - started
         generate_seconds.append(generate_s)
         for index, summary, tokens in zip(indices, summaries, ids):

@@ -42,6 +42,7 @@ from torch import nn
 import deepsynth
 from deepsynth.data.prepared import filesystem, join
 from deepsynth.model.loading import load_model_and_processor
+from deepsynth.model.tokens import v1_mode_for
 from deepsynth.template import Template
 
 DECODER_WEIGHTS = "decoder.safetensors"
@@ -303,8 +304,10 @@ def load_checkpoint(
     path = local_checkpoint(path)
     meta = read_meta(path)
     # Training never changes the processor, so the base model's is the checkpoint's.
+    template = read_template(path)
     base, processor, family = load_model_and_processor(
-        meta["base_model"], dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        meta["base_model"], dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+        v1_mode=v1_mode_for(template.layout),
     )
     if meta["mode"] == "full":
         load_trained_weights(base, path, "full")
@@ -318,7 +321,7 @@ def load_checkpoint(
         model = get_peft_model(base, LoraConfig.from_pretrained(path / ADAPTER_DIR))
         load_trained_weights(model, path, meta["mode"])
     model.eval()
-    return LoadedCheckpoint(model, processor, family, read_template(path))
+    return LoadedCheckpoint(model, processor, family, template)
 
 
 def load_source(

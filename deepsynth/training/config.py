@@ -69,7 +69,7 @@ class TrainConfig:
     """The routed experts' kernel: eager (a loop over experts), batched_mm or grouped_mm (one grouped GEMM, the GPU
     recipes' choice); None keeps transformers' default. QLoRA's 4-bit experts always loop."""
     trust_remote_code: bool = False
-    """Needed for DeepSeek-OCR v1 checkpoints."""
+    """Passed to a DeepSeek-OCR v1 checkpoint's tokenizer; both families' models load natively without it."""
 
     # --- what trains ---
     mode: str = "lora"

@@ -34,6 +34,7 @@ from deepsynth.data.collate import Batch, SummaryCollator
 from deepsynth.data.datasets import load_records
 from deepsynth.logs import configure_logging
 from deepsynth.model.inputs import placement, to_model
+from deepsynth.model.tokens import v1_mode_for
 from deepsynth.training.checkpoint import (
     PENDING_META,
     checkpoint_meta,
@@ -69,6 +70,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         config.model, config.mode, dtype=config.dtype, device=str(device),
         attn_implementation=config.attn_implementation, experts_implementation=config.experts_implementation,
         trust_remote_code=config.trust_remote_code, compute_dtype=amp_dtype or torch.float32,
+        v1_mode=v1_mode_for(config.layout),
     )
     model, param_table = prepare_trainable(
         model, family, config.mode, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,

@@ -86,6 +86,7 @@ def load_for_training(
     experts_implementation: str | None = None,
     trust_remote_code: bool = False,
     compute_dtype: torch.dtype = torch.float32,
+    v1_mode: str = "gundam",
 ) -> LoadedModel:
     """Load the base model for `mode`: for qlora its linear layers and routed experts in 4 bits, as stored otherwise."""
     loaded = load_model_and_processor(
@@ -95,6 +96,7 @@ def load_for_training(
         attn_implementation=attn_implementation,
         experts_implementation=experts_implementation,
         trust_remote_code=trust_remote_code,
+        v1_mode=v1_mode,
         quantization_config=quantization_config(model_name, compute_dtype) if mode == "qlora" else None,
     )
     if mode == "qlora":

@@ -7,6 +7,7 @@ from deepsynth.model.families import Ocr2Family
 from deepsynth.model.inputs import placement, to_model
 from deepsynth.model.loading import load_model_and_processor, resolve_device, resolve_dtype
 from deepsynth.model.tiny import build_tiny_model
+from deepsynth.model.tokens import V1_MODES
 
 
 def test_tiny_model_has_the_real_architecture(tiny):
@@ -50,10 +51,11 @@ def test_build_refuses_to_overwrite_a_model(tiny_model_dir):
         build_tiny_model(tiny_model_dir)
 
 
-def test_v1_checkpoints_need_trust_remote_code(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_vl_v2"}))
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        load_model_and_processor(str(tmp_path))
+def test_v1_loads_natively_without_remote_code(tiny_v1_dir):
+    model, tokenizer, family = load_model_and_processor(str(tiny_v1_dir), v1_mode="base")
+    assert type(model).__name__ == "DeepseekOCRForCausalLM" and type(model).__module__.startswith("deepsynth.")
+    assert family.name == "deepseek-ocr-v1" and family.mode == V1_MODES["base"]
+    assert family.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
 
 
 def test_an_unknown_model_type_names_the_supported_ones(tmp_path):

@@ -1,76 +1,26 @@
-"""DeepSeek-OCR v1 input building, checked against a STAND-IN for its remote code.
-
-`deepseek-ai/DeepSeek-OCR` keeps its modelling code in the checkpoint, which cannot be
-downloaded here. `StandInDeepseekOcrV1` is NOT that model: it has the same forward signature
-(`input_ids, attention_mask, labels, images, images_seq_mask, images_spatial_crop`) and the
-same input contract (per example one `(crops, global_view)` pair and one crop grid; the
-image-token count of a view derived from its tensor size, with a newline token per row and a
-view separator), and checks it, so a builder that drifts from v1's layout fails here.
-"""
-
-from types import SimpleNamespace
+"""DeepSeek-OCR v1 input building, run through the real (tiny) native v1 model in every mode."""
 
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from transformers import AutoTokenizer
 
 from deepsynth.data.collate import SummaryCollator
 from deepsynth.model.families import V1Family
-from deepsynth.model.tokens import V1_MODES
 from deepsynth.model.freezing import freeze_vision
+from deepsynth.model.inputs import placement, to_model
+from deepsynth.model.loading import load_model_and_processor
+from deepsynth.model.tokens import V1_MODES
 
 
-class StandInDeepseekOcrV1(nn.Module):
-    """Stand-in for the v1 remote code: same forward signature, checks the input layout."""
-
-    def __init__(self, vocab_size: int, hidden: int = 16):
-        super().__init__()
-        self.config = SimpleNamespace(model_type="deepseek_vl_v2")
-        self.model = nn.Module()
-        self.model.sam_model = nn.Conv2d(3, hidden, kernel_size=64, stride=64)  # one feature per 16px patch x4
-        self.model.vision_model = nn.Linear(hidden, hidden)
-        self.model.projector = nn.Linear(hidden, hidden)
-        self.model.image_newline = nn.Parameter(torch.randn(hidden))
-        self.model.view_seperator = nn.Parameter(torch.randn(hidden))
-        self.model.embed_tokens = nn.Embedding(vocab_size, hidden)
-        self.model.layers = nn.ModuleList([nn.Linear(hidden, hidden)])
-        self.model.norm = nn.LayerNorm(hidden)
-        self.lm_head = nn.Linear(hidden, vocab_size)
-
-    def _grid_features(self, views: torch.Tensor, cols: int, rows: int) -> torch.Tensor:
-        m = self.model
-        grid = m.projector(m.vision_model(m.sam_model(views).flatten(2).transpose(1, 2)))  # (n, q*q, d)
-        q = int(grid.shape[1] ** 0.5)
-        grid = grid.view(rows, cols, q, q, -1).permute(0, 2, 1, 3, 4).reshape(rows * q, cols * q, -1)
-        newline = m.image_newline.expand(rows * q, 1, -1)
-        return torch.cat([grid, newline], dim=1).flatten(0, 1)
-
-    def forward(self, input_ids, attention_mask=None, labels=None, images=None, images_seq_mask=None,
-                images_spatial_crop=None, **kwargs):
-        embeds = self.model.embed_tokens(input_ids)
-        for idx, ((crops, global_view), (cols, rows)) in enumerate(zip(images, images_spatial_crop.tolist())):
-            parts = []
-            if crops.abs().sum() != 0:
-                assert crops.shape[0] == cols * rows, "one crop per grid cell"
-                parts.append(self._grid_features(crops, cols, rows))
-            else:
-                assert (cols, rows) == (1, 1), "no crops means a 1x1 grid"
-            parts.insert(0, self._grid_features(global_view, 1, 1))
-            parts.append(self.model.view_seperator[None])
-            features = torch.cat(parts)
-            mask = images_seq_mask[idx]
-            assert int(mask.sum()) == features.shape[0], f"{int(mask.sum())} image tokens, {features.shape[0]} features"
-            embeds[idx] = embeds[idx].masked_scatter(mask[:, None], features)
-        hidden = self.model.norm(self.model.layers[0](embeds))
-        logits = self.lm_head(hidden)
-        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return SimpleNamespace(loss=loss, logits=logits)
+@pytest.fixture(scope="module")
+def v1_model(tiny_v1_dir):
+    return load_model_and_processor(str(tiny_v1_dir)).model
 
 
-@pytest.fixture
-def tokenizer(tiny):
-    return tiny.processor.tokenizer  # has <image>, BOS, EOS and PAD like v1's
+@pytest.fixture(scope="module")
+def tokenizer(tiny_v1_dir):
+    return AutoTokenizer.from_pretrained(tiny_v1_dir)
 
 
 @pytest.mark.parametrize(
@@ -89,29 +39,32 @@ def test_v1_token_counts_match_the_published_layout(tokenizer, mode, size, expec
 
 
 @pytest.mark.parametrize("mode", sorted(V1_MODES))
-def test_v1_inputs_satisfy_the_stand_in(tokenizer, mode):
+def test_v1_inputs_run_the_model_in_every_mode(tokenizer, v1_model, mode):
     family = V1Family(tokenizer, mode)
-    model = StandInDeepseekOcrV1(len(tokenizer))
     examples = [
         {"pages": [Image.new("RGB", (1240, 1754), "white")], "summary": "Energy costs rose."},
         {"pages": [Image.new("RGB", (600, 500), "gray")], "summary": "Farm output fell."},
     ]
     batch = SummaryCollator(family, max_length=4096)(examples)
     inputs = batch.inputs
-    assert set(inputs) == {"input_ids", "attention_mask", "labels", "images", "images_seq_mask", "images_spatial_crop"}
-    assert inputs["images_spatial_crop"].shape == (2, 2)
-    view = V1_MODES[mode].base_size if V1_MODES[mode].crop else V1_MODES[mode].image_size
-    assert inputs["images"][0][1].shape == (1, 3, view, view)
+    crops = V1_MODES[mode].crop
+    assert set(inputs) == {"input_ids", "attention_mask", "labels", "pixel_values", "images_spatial_crop"} | (
+        {"pixel_values_local"} if crops else set())
+    assert inputs["images_spatial_crop"].tolist() == ([[2, 3], [1, 1]] if crops else [[1, 1], [1, 1]])
+    view = V1_MODES[mode].base_size if crops else V1_MODES[mode].image_size
+    assert inputs["pixel_values"].shape == (2, 3, view, view)
     assert inputs["input_ids"][0, 0] == tokenizer.bos_token_id
-    loss = model(**inputs).loss
+    # The model checks that the pages' features fill exactly the <image> positions, example by example.
+    with torch.no_grad():
+        loss = v1_model(**to_model(inputs, *placement(v1_model))).loss
     assert torch.isfinite(loss)
 
 
 def test_v1_gundam_crops_an_a4_page(tokenizer):
     family = V1Family(tokenizer, "gundam")
     encoded = family.encode_prompt([Image.new("RGB", (1240, 1754), "white")], "Summarize.")
-    assert encoded.vision["crops"].shape == (6, 3, 640, 640)
-    assert encoded.vision["spatial_crop"].tolist() == [2, 3]
+    assert encoded.vision["pixel_values_local"].shape == (6, 3, 640, 640)
+    assert encoded.vision["images_spatial_crop"].tolist() == [[2, 3]]
     assert sum(t == family.image_token_id for t in encoded.input_ids) == encoded.num_visual_tokens
 
 
@@ -123,9 +76,11 @@ def test_v1_refuses_multi_page_examples_and_unknown_modes(tokenizer):
         V1Family(tokenizer, "huge")
 
 
-def test_freeze_vision_on_v1_freezes_sam_and_clip_only(tokenizer):
-    model = StandInDeepseekOcrV1(len(tokenizer))
+def test_freeze_vision_on_v1_freezes_sam_and_clip_only(tiny_v1_dir):
+    model = load_model_and_processor(str(tiny_v1_dir)).model
     rows = {row.module: row for row in freeze_vision(model)}
     assert rows["sam_model"].trainable == 0 and rows["vision_model"].trainable == 0
-    assert model.model.projector.weight.requires_grad
-    assert all(p.requires_grad for p in model.model.layers.parameters())
+    assert rows["language_model"].trainable == rows["language_model"].parameters > 0
+    assert model.model.projector.layers.weight.requires_grad
+    freeze_vision(model, include_projector=True)
+    assert not model.model.projector.layers.weight.requires_grad and not model.model.view_seperator.requires_grad
