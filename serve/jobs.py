@@ -3,7 +3,7 @@
     serve run serve.jobs:build_app state_dir=/state storage=/runs      # or in serve/config.yaml under /api
 
 Mounted at `/api`, it serves `GET /api/healthz`, presets and listings, and `/api/jobs`
-(create, list, get, logs, pause, resume, delete); OpenAPI at `/api/docs`. Every route but
+(create, validate, list, get, logs, pause, resume, delete); OpenAPI at `/api/docs`. Every route but
 `/healthz` needs `Authorization: Bearer <token>`; the token is read inside the replica from the
 file `api_token_file` or the environment variable `api_token_env` (default DEEPSYNTH_API_TOKEN),
 so it never appears in the Serve config or the Ray dashboard. The replica reaches Ray Jobs with
@@ -96,6 +96,8 @@ class AppArgs(BaseModel):
 class ErrorBody(BaseModel):
     type: str
     message: str
+    field: str | None = Field(None, description="the failing field's path in the request (`preset`, "
+                              "`overrides.lr`, a query parameter's name), when it is known; absent otherwise")
 
 
 class ErrorResponse(BaseModel):
@@ -141,8 +143,28 @@ class DeleteResult(BaseModel):
     purged: list[str]
 
 
-def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+class ValidationResult(BaseModel):
+    valid: bool
+    type: str
+    preset: str
+    config: dict[str, Any] = Field(description="the config the job would run: the preset with the overrides and "
+                                   "the server's settings applied; `{job_id}` stands for the id a created job gets")
+    command: str = Field(description="the entrypoint the server would submit to Ray Jobs, `{job_id}` as in config")
+    total_steps: int | None = Field(description="the optimizer steps of a train job (its progress denominator)")
+
+
+def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None,
+          field: str | None = None) -> JSONResponse:
+    body = {"type": kind, "message": message, **({"field": field} if field else {})}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def request_field(loc: tuple) -> str | None:
+    """A pydantic error location as a field path: ("body", "overrides", "lr") -> "overrides.lr", ("query",
+    "since") -> "since"; None for the body as a whole or a position in unparsable JSON."""
+    if len(loc) < 2 or not all(isinstance(part, str) for part in loc[1:]):
+        return None
+    return ".".join(loc[1:]) if loc[0] == "body" else loc[-1]
 
 
 class PayloadTooLarge(StarletteHTTPException):
@@ -225,8 +247,10 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         # Location and reason only: pydantic's messages can echo the input, which may hold a secret.
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return error(422, "invalid_request", scrub(problems, secrets))
+        errors = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        field = request_field(tuple(errors[0]["loc"])) if errors else None
+        return error(422, "invalid_request", scrub(problems, secrets), field=field and scrub(field, secrets))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -236,7 +260,7 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
 
     @app.exception_handler(SpecError)
     async def bad_spec(request: Request, exc: SpecError):
-        return error(422, "invalid_job", scrub(str(exc), secrets))
+        return error(422, "invalid_job", scrub(str(exc), secrets), field=exc.field and scrub(exc.field, secrets))
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound):
@@ -303,6 +327,12 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
     def create_job(request: JobRequest, idempotency_key: str | None = Header(None, max_length=200)):
         view, created = service.create(request, idempotency_key)
         return JSONResponse(JobView(**view).model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.post("/jobs:validate", response_model=ValidationResult)
+    def validate_job(request: JobRequest):
+        """The same body and checks as POST /jobs, but nothing is recorded or submitted: the resolved config and
+        the command the server would run, or the 422 that create would answer. Not rate-limited."""
+        return service.validate(request)
 
     @app.get("/jobs", response_model=list[JobView])
     def list_jobs():

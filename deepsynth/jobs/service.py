@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from deepsynth.jobs.progress import latest_metrics, list_checkpoints, remove_tree, resume_step
 from deepsynth.jobs.ratelimit import RateLimiter
+from deepsynth.jobs.json_types import map_strings
 from deepsynth.jobs.secrets import scrub
 from deepsynth.jobs.specs import JobRequest, JobSettings, JobSpec, build_spec
 from deepsynth.jobs.store import TERMINAL, InvalidTransition, JobNotFound, JobRecord, JobStore, new_job_id
@@ -42,6 +43,10 @@ RESUMABLE_TYPES = ("train",)
 PURGEABLE = TERMINAL | {"paused"}
 # The job API has one token, so job creation shares one rate-limit bucket.
 RATE_KEY = "api"
+# A validation builds the job as if it had this id (real ids are "job-" and 12 hex digits, so it is none of
+# them); the answer shows JOB_ID_PLACEHOLDER where the created job's id will be.
+VALIDATE_ID = "job-validate-placeholder"
+JOB_ID_PLACEHOLDER = "{job_id}"
 
 
 class JobClient(Protocol):
@@ -208,6 +213,21 @@ class JobService:
         return views
 
     # --- actions ---
+    def validate(self, request: JobRequest) -> dict:
+        """What `create` would run for `request`, without recording or submitting anything; SpecError as create.
+
+        -> {"valid": True, "type", "preset", "config": the resolved config, "command": the entrypoint}, with
+        `{job_id}` where the job's id goes and known secrets scrubbed.
+        """
+        spec = build_spec(request, VALIDATE_ID, self.settings, self.secrets)
+
+        def shown(text: str) -> str:
+            return self._scrub(text.replace(VALIDATE_ID, JOB_ID_PLACEHOLDER))
+
+        return {"valid": True, "type": request.type, "preset": request.preset,
+                "config": map_strings(spec.config, shown), "command": shown(spec.entrypoint),
+                "total_steps": spec.total_steps}
+
     def create(self, request: JobRequest, idempotency_key: str | None) -> tuple[dict, bool]:
         """Validate, record and submit a job. -> (view, created); a known idempotency key returns its job."""
         if idempotency_key is not None:
@@ -331,3 +351,4 @@ class JobService:
             self._ray("Stopping the Ray job failed", self.client.stop_job, record.ray_job_id)
         self.store.delete(job_id)
         return {"id": job_id, "deleted": True, "stopped": stopped, "purged": []}
+
