@@ -522,7 +522,9 @@ function viewJob(view, jobId) {
   };
   const loadLog = async () => {
     const result = await send(logsRequest());
-    log.textContent = result.ok ? (result.body || "(no output yet)") : `Could not read the log: ${errorText(result)}`;
+    // Ray's progress bars colour their output; the terminal escapes would show as noise here.
+    const text = result.ok ? String(result.body || "(no output yet)").replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "") : null;
+    log.textContent = result.ok ? text : `Could not read the log: ${errorText(result)}`;
     if (follow.checked) log.scrollTop = log.scrollHeight;
   };
   const loadTrials = async () => {

@@ -1,0 +1,315 @@
+"""The web console in a real headless Chromium (Playwright driving the system's Chromium), over the job API, the
+summarizer and the console app on the session's Ray cluster, Serve on loopback, with the tiny model.
+
+One module-scoped deployment of the three applications and one browser profile serve every test; the tests run
+in order and share one story: a token (a wrong one first), a JSONL upload prepared into a dataset, a training job
+on it created through the form after Validate showed a 422 next to its field, its progress and loss chart
+updating, pause with the checkpoint listed, resume to the end, the playground on a 2-page PDF, and a purge.
+Controls are found by role and label, as a user (or a screen reader) finds them. Every view is screenshotted
+under the pytest temp folder; the job page and the playground are copied to docs/images/ for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+from page_files import pdf_bytes
+from ray import serve
+
+from deepsynth.data.corpus import generate_corpus
+from deepsynth.data.render import LAYOUTS, render_pages
+from serve.console import build_app as build_console
+from serve.jobs import build_app as build_jobs
+from serve.summarizer import build_app as build_summarizer
+
+PROJECT = Path(__file__).resolve().parents[2]
+API_TOKEN = "console-" + secrets.token_hex(16)
+CHROMIUM = os.environ.get("DEEPSYNTH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Headless and quiet: nothing of Chromium's own reaches the network (updates, sync, QUIC probes).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+APPS = ("console-jobs", "console-summarizer", "console-ui")
+DATASET = "uploaded-notes"
+STEPS = 12
+TIMEOUT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def servers(ray_cluster, serve_url, tiny_model_dir, tmp_path_factory):
+    """The job API at /api, the summarizer at / (asking for the same token) and the console at /ui."""
+    root = tmp_path_factory.mktemp("console")
+    token_file = root / "api-token"
+    token_file.write_text(API_TOKEN)
+    jobs = {"state_dir": str(root / "state"), "storage": str(root / "storage"), "api_token_file": str(token_file),
+            "ray_dashboard_url": ray_cluster.dashboard_url, "model_roots": [str(Path(tiny_model_dir).parent)],
+            "max_workers": 1, "rate_burst": 20, "failed_logins_per_minute": 1000}
+    summarizer = {"model": str(tiny_model_dir), "device": "cpu", "api_token_file": str(token_file), "max_pages": 4,
+                  "default_max_new_tokens": 8, "max_new_tokens_limit": 16, "num_cpus": 0.5, "ingress_num_cpus": 0.25}
+    serve.run(build_jobs(jobs), name=APPS[0], route_prefix="/api")
+    serve.run(build_summarizer(summarizer), name=APPS[1], route_prefix="/")
+    serve.run(build_console({}), name=APPS[2], route_prefix="/ui")
+    yield {"url": serve_url, "root": root, "model": str(tiny_model_dir)}
+    for name in APPS:
+        serve.delete(name)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not CHROMIUM:
+        pytest.skip("No Chromium for the console's browser tests: install it with `sudo apt-get install -y chromium` "
+                    "(`make test` does when run as root with apt), or point DEEPSYNTH_CHROMIUM at one.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # A fresh profile: no state from an earlier run, no stored token.
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1280, "height": 900}, locale="de-DE", timezone_id="Europe/Berlin")
+        context.set_default_timeout(30_000)
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def ui(servers, browser, tmp_path_factory):
+    """One tab on the console, every request it makes and every script error, and a screenshot helper."""
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    seen, errors = [], []
+    page.on("request", lambda request: seen.append(request.url))
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    shots = tmp_path_factory.mktemp("screenshots")
+
+    def shot(name: str) -> Path:
+        path = shots / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    page.goto(servers["url"] + "/ui")
+    yield {"page": page, "seen": seen, "errors": errors, "shot": shot, "state": {}, **servers}
+    assert not errors, f"script errors in the page: {errors}"
+    outside = [url for url in seen if not url.startswith(servers["url"] + "/") and not url.startswith("data:")]
+    assert not outside, f"the console fetched from outside the server: {outside}"
+
+
+def _auth() -> dict:
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def test_the_console_is_served_with_a_strict_policy(servers):
+    redirect = requests.get(servers["url"] + "/ui", allow_redirects=False, timeout=10)
+    assert redirect.status_code in (307, 308) and redirect.headers["location"].endswith("/ui/")
+    page = requests.get(servers["url"] + "/ui/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy and "default-src 'none'" in policy
+    module = requests.get(servers["url"] + "/ui/console.js", timeout=10)
+    assert module.headers["content-type"].startswith("text/javascript") and "export async function send(" in module.text
+    missing = requests.get(servers["url"] + "/ui/../api/jobs", timeout=10)
+    assert missing.status_code in (401, 404)
+    assert requests.get(servers["url"] + "/ui/secrets.txt", timeout=10).json()["error"]["type"] == "not_found"
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_kept_for_the_tab(ui):
+    page = ui["page"]
+    status = page.get_by_role("status").filter(has_text="token").first
+    assert "No API token" in page.locator("#token-status").inner_text()
+    page.get_by_label("API token", exact=True).fill("wrong-" + API_TOKEN)
+    page.get_by_role("button", name="Save token").click()
+    page.get_by_text("Wrong token: the job API answered 401").wait_for()
+    assert page.get_by_label("API token", exact=True).get_attribute("aria-invalid") == "true"
+    assert page.evaluate("sessionStorage.getItem('deepsynth.apiToken')") is None
+    assert page.evaluate("document.cookie") == ""
+    ui["shot"]("token-wrong")
+
+    page.get_by_label("API token", exact=True).fill(API_TOKEN)
+    page.get_by_role("button", name="Save token").click()
+    page.get_by_text("Token accepted").wait_for()
+    assert status.is_visible()
+    page.get_by_text("No jobs yet").wait_for()
+    assert page.get_by_label("API token", exact=True).input_value() == "", "the field does not keep showing it"
+    assert API_TOKEN not in page.url and page.evaluate("document.cookie") == ""
+    ui["shot"]("jobs-empty")
+
+
+def test_upload_a_jsonl_dataset_and_see_it_prepared(ui):
+    page = ui["page"]
+    page.get_by_role("link", name="Datasets").click()
+    page.get_by_role("table", name="Benchmark presets").get_by_text("cnn_dailymail").first.wait_for()
+    rows = [{"body": d["text"], "headline": d["summary"]} for d in generate_corpus("train", 24, seed=11)]
+    page.get_by_label("Dataset file").set_input_files(
+        {"name": "notes.jsonl", "mimeType": "application/json", "buffer": "\n".join(map(json.dumps, rows)).encode()})
+    page.get_by_label("Dataset name").fill(DATASET)
+    page.get_by_label("Text column").fill("body")
+    page.get_by_label("Summary column").fill("headline")
+    page.get_by_role("button", name="Upload dataset").click()
+    page.get_by_text(f"Uploaded: prepared:{DATASET}").wait_for()
+    ui["shot"]("datasets-uploaded")
+    page.get_by_role("link", name=re.compile(r"^job-")).click()
+    page.locator(".status-succeeded").first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_role("link", name="Datasets").click()
+    table = page.get_by_role("table", name="Generated datasets")
+    table.get_by_role("cell", name=DATASET, exact=True).wait_for(timeout=20_000)
+    row = table.get_by_role("row").filter(has_text=DATASET)
+    assert "24" in row.inner_text() or "train" in row.inner_text(), row.inner_text()
+    ui["shot"]("datasets")
+
+
+def test_create_a_training_job_after_validate_shows_a_422_next_to_its_field(ui):
+    page = ui["page"]
+    page.get_by_role("link", name="New job").click()
+    page.get_by_label("Job type").select_option("train")
+    page.get_by_label("Preset", exact=True).select_option("cpu_smoke")
+    page.get_by_label("Dataset", exact=True).fill(f"prepared:{DATASET}")
+    page.get_by_label("Learning rate").fill("-1")
+    page.get_by_label("Max steps").fill(str(STEPS))
+    page.get_by_label("Batch size").fill("2")
+    page.get_by_label("Workers").fill("1")
+    page.get_by_label("Advanced overrides (JSON)").fill(json.dumps(
+        {"model": ui["model"], "eval_every": 6, "log_every": 1, "train_limit": 16, "val_limit": 2}))
+    page.get_by_role("button", name="Validate").click()
+    lr = page.get_by_label("Learning rate")
+    error = page.locator("#field-lr-error")
+    error.filter(has_text="lr").wait_for()
+    assert lr.get_attribute("aria-invalid") == "true" and lr.get_attribute("aria-describedby") == "field-lr-error"
+    assert page.locator("#field-max_steps-error").inner_text() == "", "only the bad field is marked"
+    ui["shot"]("new-job-422")
+
+    lr.fill("0.003")
+    page.get_by_role("button", name="Validate").click()
+    page.get_by_text("Valid train job on preset cpu_smoke").wait_for()
+    command = page.get_by_label("Command", exact=True).inner_text()
+    assert "ray_jobs.train" in command and "lr=0.003" in command, command
+    assert lr.get_attribute("aria-invalid") is None
+    page.get_by_role("button", name="Copy Create job as curl").click()
+    curl = page.get_by_label("curl for Create job").inner_text()
+    assert "Idempotency-Key" in curl and "$DEEPSYNTH_API_TOKEN" in curl and API_TOKEN not in curl
+    ui["shot"]("new-job")
+    page.get_by_role("button", name="Create job").click()
+    page.wait_for_url(re.compile(r"#/jobs/job-"))
+    ui["state"]["job"] = page.url.rsplit("/", 1)[1]
+
+
+def test_progress_bar_and_loss_chart_update_then_pause_and_resume_to_the_end(ui):
+    page, job_id = ui["page"], ui["state"]["job"]
+    progress = page.get_by_role("progressbar", name=re.compile(r"^Progress: step"))
+    progress.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("() => Number(document.querySelector('progress[aria-label^=\"Progress: step\"]')?.value) >= 1",
+                           timeout=TIMEOUT_MS)
+    loss = page.get_by_role("img", name=re.compile(r"^Loss: \d+ points"))
+    loss.wait_for()
+    first_points = int(loss.get_attribute("data-points"))
+    page.wait_for_function("n => Number(document.querySelector('[aria-label^=\"Loss: \"]')?.dataset.points) > n",
+                           arg=first_points, timeout=TIMEOUT_MS)
+    assert int(progress.get_attribute("value")) >= 1 and progress.get_attribute("max") == str(STEPS)
+
+    pause = page.get_by_role("button", name="Pause", exact=True)
+    assert pause.is_enabled() and page.get_by_role("button", name="Resume").is_disabled()
+    pause.click()
+    page.locator(".status-paused").first.wait_for(timeout=TIMEOUT_MS)
+    checkpoints = page.get_by_role("table", name="Checkpoints")
+    checkpoints.wait_for()
+    stopped_at = int(checkpoints.get_by_role("row").nth(1).get_by_role("cell").first.inner_text())
+    assert 1 <= stopped_at < STEPS
+    assert page.get_by_text(f"step {stopped_at}", exact=True).count() >= 1, "resumes from the paused checkpoint"
+    assert pause.is_disabled() and page.get_by_role("button", name="Resume").is_enabled()
+    ui["shot"]("job-paused")
+
+    page.get_by_role("button", name="Resume").click()
+    page.locator(".status-succeeded").first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text(f"step {STEPS} of {STEPS}").first.wait_for()
+    page.get_by_role("img", name=re.compile(rf"^Validation loss: \d+ points.* at step {STEPS}$")).wait_for()
+    log = page.get_by_label("Log tail")
+    page.wait_for_function("() => document.querySelector('[aria-label=\"Log tail\"]').textContent.includes('attempt 2')")
+    assert f"step {STEPS}/{STEPS}" in log.inner_text()
+    assert pause.is_disabled() and page.get_by_role("button", name="Resume").is_disabled()
+    screenshot = ui["shot"]("job")
+    (PROJECT / "docs" / "images").mkdir(exist_ok=True)
+    shutil.copy(screenshot, PROJECT / "docs" / "images" / "console-job.png")
+
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    row = page.get_by_role("table", name="Jobs").get_by_role("row").filter(has_text=job_id)
+    row.get_by_text("succeeded").wait_for()
+    page.get_by_label("Filter by status").select_option("running")
+    page.get_by_text("No job matches these filters.").wait_for()
+    page.get_by_label("Filter by status").select_option("")
+    page.get_by_label("Filter by type").select_option("train")
+    row.wait_for()
+    ui["shot"]("jobs")
+
+
+def test_playground_summarizes_a_two_page_pdf_with_usage_and_page_previews(ui):
+    page = ui["page"]
+    page.get_by_role("link", name="Playground").click()
+    page.get_by_text("Serving ").wait_for()
+    docs = generate_corpus("test", 2, seed=5)
+    pdf = pdf_bytes([render_pages(d["text"], LAYOUTS["ocr2-page"])[0] for d in docs])
+    page.get_by_label("PDF or page images").set_input_files(
+        {"name": "two-pages.pdf", "mimeType": "application/pdf", "buffer": pdf})
+    page.get_by_label("Max new tokens").fill("8")
+    page.get_by_role("button", name="Summarize").click()
+    summary = page.get_by_label("Summary (Base model)")
+    summary.wait_for(timeout=120_000)
+    assert summary.inner_text().strip()
+    usage = page.get_by_label("Usage (Base model)").inner_text()
+    assert re.search(r"Pages\s+2\b", usage) and re.search(r"Visual tokens\s+\d+", usage), usage
+    previews = page.get_by_role("group", name="Page previews (Base model)").get_by_role("img")
+    assert previews.count() == 2
+    for i in range(2):
+        assert previews.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), f"page {i + 1} decodes"
+    screenshot = ui["shot"]("playground")
+    shutil.copy(screenshot, PROJECT / "docs" / "images" / "console-playground.png")
+
+
+def test_delete_a_job_with_purge(ui):
+    page, job_id = ui["page"], ui["state"]["job"]
+    run_dir = ui["root"] / "storage" / "runs" / job_id
+    assert run_dir.is_dir()
+    page.goto(f"{ui['url']}/ui/#/jobs/{job_id}")
+    page.locator(".status-succeeded").first.wait_for()
+    page.get_by_label("Purge its files too").check()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    dialog = page.get_by_role("dialog")
+    assert "cannot be undone" in dialog.inner_text()
+    dialog.get_by_role("button", name="Cancel").click()
+    assert run_dir.is_dir(), "cancel deletes nothing"
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete and purge").click()
+    page.get_by_text(f"Deleted {job_id}; purged").wait_for()
+    assert not run_dir.exists()
+    assert requests.get(f"{ui['url']}/api/jobs/{job_id}", headers=_auth(), timeout=10).status_code == 404
+
+
+def test_narrow_screens_keyboard_and_an_unreachable_api(ui):
+    page = ui["page"]
+    page.set_viewport_size({"width": 390, "height": 844})
+    for view in ("#/jobs", "#/new", "#/datasets", "#/playground"):
+        page.goto(f"{ui['url']}/ui/{view}")
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{view} scrolls sideways at 390 px ({width} px)"
+    ui["shot"]("playground-390px")
+    page.goto(f"{ui['url']}/ui/#/jobs")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for _ in range(5):
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "token-input", "nav links, then the token field"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # The API going away (the browser's requests fail) shows an error in place; the page keeps working.
+    page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    page.get_by_role("button", name="Refresh").click()
+    page.get_by_text("Could not list jobs: Cannot reach the server").wait_for()
+    page.get_by_role("link", name="New job").click()
+    page.get_by_text("Could not load presets").wait_for()
+    ui["shot"]("api-down")
+    page.unroute("**/api/**")
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    page.get_by_role("table", name="Jobs").wait_for()
