@@ -426,7 +426,7 @@ function viewJob(view, jobId) {
   const resumeRequest = () => ({ method: "POST", path: `/jobs/${jobId}/resume` });
   const purge = h("input", { type: "checkbox", id: "purge" });
   const deleteRequest = () => ({ method: "DELETE", path: `/jobs/${jobId}`, query: purge.checked ? { purge: "true" } : {} });
-  let metricsSince = 0;
+  let metricsSince = -1;
   const metricsRequest = () => ({ method: "GET", path: `/jobs/${jobId}/metrics`, query: { since: metricsSince } });
   const logsRequest = () => ({ method: "GET", path: `/jobs/${jobId}/logs`, query: { tail: 200 } });
   const trialsRequest = () => ({ method: "GET", path: `/jobs/${jobId}/trials` });
@@ -511,13 +511,17 @@ function viewJob(view, jobId) {
     update(result.body);
   };
   const loadMetrics = async () => {
-    const result = await send(metricsRequest());
-    if (!result.ok) {
-      if (!records.length) charts.replaceChildren(stateMessage(`No metrics: ${errorText(result)}`, result.status === 404 ? "empty" : "error"));
-      return;
+    // Pages of at most the server's limit: follow `more` until this poll has everything.
+    for (let page = 0; page < 20; page += 1) {
+      const result = await send(metricsRequest());
+      if (!result.ok) {
+        if (!records.length) charts.replaceChildren(stateMessage(`No metrics: ${errorText(result)}`, "error"));
+        return;
+      }
+      records.push(...result.body.records);
+      metricsSince = result.body.next_since;
+      if (!result.body.more) break;
     }
-    records.push(...result.body.records);
-    metricsSince = result.body.next_since ?? metricsSince;
     drawCharts();
   };
   const loadLog = async () => {
@@ -533,13 +537,14 @@ function viewJob(view, jobId) {
       trials.replaceChildren(stateMessage(`Could not list trials: ${errorText(result)}`, "error"));
       return;
     }
-    const rows = result.body.trials ?? [];
-    const best = rows.findIndex((t) => t.run_name === result.body.best);
-    const rouge = (t) => t.rouge?.rougeL ?? t.rougeL ?? t.rouge_l;
-    trials.replaceChildren(h("h3", {}, "Trials"), table("Sweep trials", ["Trial", "Rank", "Alpha", "Learning rate", "Status", "Validation loss", "ROUGE-L"],
-      rows.map((t, i) => [i === best ? `${t.run_name} (best)` : t.run_name, formatNumber(t.lora_rank), formatNumber(t.lora_alpha),
-        formatNumber(t.lr), t.status ?? "–", formatNumber(t.val_loss), formatNumber(rouge(t))]),
-      { empty: "No trials have reported yet.", rowClass: (i) => (i === best ? "best" : null) }), curlBox("List trials", trialsRequest));
+    const rows = result.body.trials;
+    trials.replaceChildren(h("section", { class: "card", "aria-label": "Trials" }, h("h3", {}, "Trials"),
+      table("Sweep trials", ["Trial", "Rank", "Alpha", "Learning rate", "Dropout", "Status", "Step", "Validation loss", "ROUGE-L", "Samples/s", "Peak memory (MB)"],
+        rows.map((t) => [t.best ? `${t.run} (best)` : t.run, formatNumber(t.rank), formatNumber(t.alpha), formatNumber(t.lr),
+          formatNumber(t.dropout), t.status, formatNumber(t.step), formatNumber(t.val_loss), formatNumber(t.rouge_l),
+          formatNumber(t.samples_per_s), formatNumber(t.peak_memory_mb)]),
+        { empty: "No trials have started yet.", rowClass: (i) => (rows[i].best ? "best" : null) }),
+      curlBox("List trials", trialsRequest)));
   };
 
   view.append(
@@ -716,7 +721,7 @@ function viewNew(view) {
     if (start) {
       type.value = start.type;
       fillPresets();
-      preset.value = start.preset;
+      if (start.preset) preset.value = start.preset;
       const rest = { ...start.overrides };
       if (start.type === "train") {
         for (const [key, { control }] of Object.entries(inputs)) {
@@ -740,17 +745,23 @@ function viewDatasets(view) {
   const name = h("input", { type: "text", id: "upload-name", placeholder: "e.g. my-notes" });
   const textField = h("input", { type: "text", id: "upload-text-field", value: "text" });
   const summaryField = h("input", { type: "text", id: "upload-summary-field", value: "summary" });
-  const uploadRequest = () => ({
-    method: "POST", path: "/datasets", timeoutMs: 120000,
-    form: [["file", file.files[0] ?? new File([], "data.jsonl")], ["name", name.value.trim()],
-      ["text_field", textField.value.trim()], ["summary_field", summaryField.value.trim()]],
-  });
+  const validationRows = h("input", { type: "number", id: "upload-validation-rows", min: 1, placeholder: "a tenth" });
+  const settings = h("textarea", { id: "upload-overrides", spellcheck: "false" }, "{}");
+  const uploadRequest = () => {
+    const form = [["file", file.files[0] ?? new File([], "data.jsonl")], ["name", name.value.trim()],
+      ["text_field", textField.value.trim()], ["summary_field", summaryField.value.trim()]];
+    if (validationRows.value !== "") form.push(["validation_rows", validationRows.value]);
+    if (settings.value.trim() && settings.value.trim() !== "{}") form.push(["overrides", settings.value.trim()]);
+    return { method: "POST", path: "/datasets", timeoutMs: 120000, form };
+  };
+  const uploadsRequest = () => ({ method: "GET", path: "/datasets/uploads" });
+  const uploads = h("div", {}, stateMessage("Loading uploads..."));
   const uploadNote = h("div", { "aria-live": "polite" });
   const upload = h("button", { type: "submit", class: "primary" }, "Upload dataset");
   const generated = h("div", {}, stateMessage("Loading datasets..."));
   const benchmarks = h("div", {}, stateMessage("Loading benchmarks..."));
   const trainOn = (dataset) => {
-    prefill = { type: "train", preset: "cpu_smoke", overrides: { dataset } };
+    prefill = { type: "train", preset: null, overrides: { dataset } };
     window.location.hash = "#/new";
   };
 
@@ -758,7 +769,9 @@ function viewDatasets(view) {
     h("h3", {}, "Upload a dataset"),
     h("p", { class: "hint" }, "A JSONL, CSV or Parquet file with a text and a summary column; the server prepares it with a prepare_dataset job."),
     h("div", { class: "grid" }, field("upload-file", "Dataset file", file), field("upload-name", "Dataset name", name),
-      field("upload-text-field", "Text column", textField), field("upload-summary-field", "Summary column", summaryField)),
+      field("upload-text-field", "Text column", textField), field("upload-summary-field", "Summary column", summaryField),
+      field("upload-validation-rows", "Validation rows", validationRows)),
+    field("upload-overrides", "Prepare settings (JSON)", settings, "prepare_dataset settings, e.g. {\"max_pages\": 4, \"layout\": \"ocr2-a4\"}"),
     h("div", { class: "row" }, upload), uploadNote, curlBox("Upload dataset", uploadRequest));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -769,20 +782,33 @@ function viewDatasets(view) {
     const res = await send(uploadRequest());
     upload.disabled = false;
     if (!res.ok) {
-      const slot = { name: "upload-name", text_field: "upload-text-field", summary_field: "upload-summary-field", file: "upload-file" }[res.error.field];
+      const slot = { name: "upload-name", text_field: "upload-text-field", summary_field: "upload-summary-field", file: "upload-file",
+        validation_rows: "upload-validation-rows", overrides: "upload-overrides" }[res.error.field?.split(".")[0]];
       if (slot) form.querySelector(`#${slot}-error`).textContent = res.error.message;
       uploadNote.replaceChildren(stateMessage(`Upload refused: ${errorText(res)}`, "error"));
       return;
     }
-    const jobId = res.body.job?.id ?? res.body.job;
-    uploadNote.replaceChildren(h("p", { role: "status" }, `Uploaded: ${res.body.dataset}, prepared by `, h("a", { href: `#/jobs/${jobId}` }, jobId), ". "),
+    const jobId = res.body.job.id;
+    const split = Object.entries(res.body.rows ?? {}).map(([k, v]) => `${v} ${k}`).join(", ");
+    uploadNote.replaceChildren(h("p", { role: "status" }, `Uploaded: ${res.body.dataset} (${split}), prepared by `, h("a", { href: `#/jobs/${jobId}` }, jobId), ". "),
       h("button", { type: "button", onclick: () => trainOn(res.body.dataset) }, `Train on ${res.body.dataset}`));
   });
 
   view.append(form,
+    h("section", { class: "card", "aria-label": "Uploads" }, h("h3", {}, "Uploads"), uploads, curlBox("List uploads", uploadsRequest)),
     h("section", { class: "card", "aria-label": "Generated datasets" }, h("h3", {}, "Generated datasets"), generated, curlBox("List generated datasets", generatedRequest)),
     h("section", { class: "card", "aria-label": "Benchmark presets" }, h("h3", {}, "Benchmark presets"), benchmarks, curlBox("List benchmarks", benchmarksRequest)));
 
+  every(3000, async () => {
+    const res = await send(uploadsRequest());
+    if (!res.ok) { uploads.replaceChildren(stateMessage(`Could not list uploads: ${errorText(res)}`, "error")); return; }
+    uploads.replaceChildren(table("Uploads", ["Name", "Status", "File", "Columns", "Rows", "Prepare job", "Uploaded", ""],
+      res.body.map((u) => [u.name, statusBadge(u.status), `${u.filename} (${u.format})`, `${u.text_field} → ${u.summary_field}`,
+        Object.entries(u.rows).map(([k, v]) => `${k} ${v}`).join(", "), u.job_id ? h("a", { href: `#/jobs/${u.job_id}` }, u.job_id) : "–",
+        formatTime(u.created), u.status === "ready" ? h("button", { type: "button", class: "small", "aria-label": `Train on ${u.dataset}`,
+          onclick: () => trainOn(u.dataset) }, "Train on it") : ""]),
+      { empty: "No uploads yet." }));
+  });
   every(5000, async () => {
     const res = await send(generatedRequest());
     if (!res.ok) { generated.replaceChildren(stateMessage(`Could not list datasets: ${errorText(res)}`, "error")); return; }

@@ -146,18 +146,23 @@ def test_upload_a_jsonl_dataset_and_see_it_prepared(ui):
     page.get_by_label("Dataset file").set_input_files(
         {"name": "notes.jsonl", "mimeType": "application/json", "buffer": "\n".join(map(json.dumps, rows)).encode()})
     page.get_by_label("Dataset name").fill(DATASET)
-    page.get_by_label("Text column").fill("body")
+    page.get_by_label("Text column").fill("text")  # wrong: the file's column is "body"
     page.get_by_label("Summary column").fill("headline")
+    page.get_by_label("Validation rows").fill("4")
+    page.get_by_label("Prepare settings (JSON)").fill(json.dumps({"model": ui["model"]}))
     page.get_by_role("button", name="Upload dataset").click()
-    page.get_by_text(f"Uploaded: prepared:{DATASET}").wait_for()
+    page.get_by_text("Upload refused: 422").wait_for()
+    assert "text" in page.locator("#upload-text-field-error").inner_text()
+    page.get_by_label("Text column").fill("body")
+    page.get_by_role("button", name="Upload dataset").click()
+    page.get_by_text(f"Uploaded: prepared:{DATASET} (20 train, 4 validation)").wait_for()
     ui["shot"]("datasets-uploaded")
-    page.get_by_role("link", name=re.compile(r"^job-")).click()
-    page.locator(".status-succeeded").first.wait_for(timeout=TIMEOUT_MS)
-    page.get_by_role("link", name="Datasets").click()
-    table = page.get_by_role("table", name="Generated datasets")
-    table.get_by_role("cell", name=DATASET, exact=True).wait_for(timeout=20_000)
-    row = table.get_by_role("row").filter(has_text=DATASET)
-    assert "24" in row.inner_text() or "train" in row.inner_text(), row.inner_text()
+    uploads = page.get_by_role("table", name="Uploads")
+    uploads.get_by_role("row").filter(has_text=DATASET).locator(".status-ready").wait_for(timeout=TIMEOUT_MS)
+    generated = page.get_by_role("table", name="Generated datasets").get_by_role("row").filter(has_text=DATASET)
+    generated.wait_for(timeout=20_000)
+    cells = generated.get_by_role("cell").all_inner_texts()
+    assert cells[3] == "train 20, validation 4" and cells[4] == "24" and int(cells[7].replace(".", "")) > 0, cells
     ui["shot"]("datasets")
 
 
