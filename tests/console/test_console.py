@@ -16,7 +16,9 @@ import os
 import re
 import secrets
 import shutil
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -53,9 +55,9 @@ def servers(ray_cluster, serve_url, tiny_model_dir, tmp_path_factory):
     summarizer = {"model": str(tiny_model_dir), "device": "cpu", "api_token_file": str(token_file), "max_pages": 4,
                   "default_max_new_tokens": 8, "max_new_tokens_limit": 16, "num_cpus": 0.5, "ingress_num_cpus": 0.25}
     serve.run(build_jobs(jobs), name=APPS[0], route_prefix="/api")
-    serve.run(build_summarizer(summarizer), name=APPS[1], route_prefix="/")
     serve.run(build_console({}), name=APPS[2], route_prefix="/ui")
-    yield {"url": serve_url, "root": root, "model": str(tiny_model_dir)}
+    # The summarizer is deployed by the playground test, with the adapter the console's training job wrote.
+    yield {"url": serve_url, "root": root, "model": str(tiny_model_dir), "summarizer": summarizer}
     for name in APPS:
         serve.delete(name)
 
@@ -71,7 +73,7 @@ def browser(tmp_path_factory):
         # A fresh profile: no state from an earlier run, no stored token.
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1280, "height": 900}, locale="de-DE", timezone_id="Europe/Berlin")
+            headless=True, viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="Europe/Berlin")
         context.set_default_timeout(30_000)
         yield context
         context.close()
@@ -234,6 +236,10 @@ def test_progress_bar_and_loss_chart_update_then_pause_and_resume_to_the_end(ui)
     page.wait_for_function("() => document.querySelector('[aria-label=\"Log tail\"]').textContent.includes('attempt 2')")
     assert f"step {STEPS}/{STEPS}" in log.inner_text()
     assert pause.is_disabled() and page.get_by_role("button", name="Resume").is_disabled()
+    # Timestamps in the browser's locale and zone (the context is en-GB in Europe/Berlin).
+    created = datetime.fromtimestamp(requests.get(f"{ui['url']}/api/jobs/{job_id}", headers=_auth(), timeout=10)
+                                     .json()["created"], ZoneInfo("Europe/Berlin"))
+    page.get_by_text(f"{created:%d/%m/%Y, %H:%M:%S}", exact=True).wait_for()
     screenshot = ui["shot"]("job")
     (PROJECT / "docs" / "images").mkdir(exist_ok=True)
     shutil.copy(screenshot, PROJECT / "docs" / "images" / "console-job.png")
@@ -250,9 +256,13 @@ def test_progress_bar_and_loss_chart_update_then_pause_and_resume_to_the_end(ui)
 
 
 def test_playground_summarizes_a_two_page_pdf_with_usage_and_page_previews(ui):
-    page = ui["page"]
+    page, job_id = ui["page"], ui["state"]["job"]
+    job = requests.get(f"{ui['url']}/api/jobs/{job_id}", headers=_auth(), timeout=10).json()
+    serve.run(build_summarizer({**ui["summarizer"], "adapters": {"trained": job["checkpoints"][-1]["path"]}}),
+              name=APPS[1], route_prefix="/")
     page.get_by_role("link", name="Playground").click()
     page.get_by_text("Serving ").wait_for()
+    page.get_by_label("Compare with").select_option("trained")
     docs = generate_corpus("test", 2, seed=5)
     pdf = pdf_bytes([render_pages(d["text"], LAYOUTS["ocr2-page"])[0] for d in docs])
     page.get_by_label("PDF or page images").set_input_files(
@@ -268,15 +278,28 @@ def test_playground_summarizes_a_two_page_pdf_with_usage_and_page_previews(ui):
     assert previews.count() == 2
     for i in range(2):
         assert previews.nth(i).evaluate("img => img.complete && img.naturalWidth > 0"), f"page {i + 1} decodes"
+    trained = page.get_by_label("Summary (Adapter trained)")
+    assert trained.inner_text().strip(), "the second adapter's summary, side by side"
+    assert re.search(r"Pages\s+2\b", page.get_by_label("Usage (Adapter trained)").inner_text())
+    assert page.get_by_role("group", name="Page previews (Adapter trained)").get_by_role("img").count() == 2
     screenshot = ui["shot"]("playground")
     shutil.copy(screenshot, PROJECT / "docs" / "images" / "console-playground.png")
 
 
-def test_delete_a_job_with_purge(ui):
+def test_clone_then_delete_a_job_with_purge(ui):
+    from playwright.sync_api import expect
+
     page, job_id = ui["page"], ui["state"]["job"]
     run_dir = ui["root"] / "storage" / "runs" / job_id
     assert run_dir.is_dir()
     page.goto(f"{ui['url']}/ui/#/jobs/{job_id}")
+    page.locator(".status-succeeded").first.wait_for()
+    page.get_by_role("button", name="Clone as new job").click()
+    expect(page.get_by_label("Max steps")).to_have_value(str(STEPS))
+    assert page.get_by_label("Preset", exact=True).input_value() == "cpu_smoke"
+    assert page.get_by_label("Dataset", exact=True).input_value() == f"prepared:{DATASET}"
+    assert json.loads(page.get_by_label("Advanced overrides (JSON)").input_value())["model"] == ui["model"]
+    page.go_back()
     page.locator(".status-succeeded").first.wait_for()
     page.get_by_label("Purge its files too").check()
     page.get_by_role("button", name="Delete", exact=True).click()
@@ -301,6 +324,7 @@ def test_narrow_screens_keyboard_and_an_unreachable_api(ui):
         assert width <= 390, f"{view} scrolls sideways at 390 px ({width} px)"
     ui["shot"]("playground-390px")
     page.goto(f"{ui['url']}/ui/#/jobs")
+    page.reload()
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     for _ in range(5):
