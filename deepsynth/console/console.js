@@ -256,8 +256,8 @@ export function curlBox(label, makeRequest) {
       }
     },
   }, "Copy as curl");
-  const details = h("details", { class: "curl", ontoggle: refresh }, h("summary", {}, `curl: ${label}`), code, h("div", { class: "row" }, copy, note));
-  return details;
+  const details = h("details", { ontoggle: refresh }, h("summary", {}, `curl: ${label}`), code);
+  return h("div", { class: "curl" }, h("div", { class: "row" }, copy, note), details);
 }
 
 // --- token ----------------------------------------------------------------------------------------

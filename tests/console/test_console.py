@@ -152,11 +152,11 @@ def test_upload_a_jsonl_dataset_and_see_it_prepared(ui):
     page.get_by_label("Summary column").fill("headline")
     page.get_by_label("Validation rows").fill("4")
     page.get_by_label("Prepare settings (JSON)").fill(json.dumps({"model": ui["model"]}))
-    page.get_by_role("button", name="Upload dataset").click()
+    page.get_by_role("button", name="Upload dataset", exact=True).click()
     page.get_by_text("Upload refused: 422").wait_for()
     assert "text" in page.locator("#upload-text-field-error").inner_text()
     page.get_by_label("Text column").fill("body")
-    page.get_by_role("button", name="Upload dataset").click()
+    page.get_by_role("button", name="Upload dataset", exact=True).click()
     page.get_by_text(f"Uploaded: prepared:{DATASET} (20 train, 4 validation)").wait_for()
     ui["shot"]("datasets-uploaded")
     uploads = page.get_by_role("table", name="Uploads")
@@ -180,7 +180,7 @@ def test_create_a_training_job_after_validate_shows_a_422_next_to_its_field(ui):
     page.get_by_label("Workers").fill("1")
     page.get_by_label("Advanced overrides (JSON)").fill(json.dumps(
         {"model": ui["model"], "eval_every": 6, "log_every": 1, "train_limit": 16, "val_limit": 2}))
-    page.get_by_role("button", name="Validate").click()
+    page.get_by_role("button", name="Validate", exact=True).click()
     lr = page.get_by_label("Learning rate")
     error = page.locator("#field-lr-error")
     error.filter(has_text="lr").wait_for()
@@ -189,7 +189,7 @@ def test_create_a_training_job_after_validate_shows_a_422_next_to_its_field(ui):
     ui["shot"]("new-job-422")
 
     lr.fill("0.003")
-    page.get_by_role("button", name="Validate").click()
+    page.get_by_role("button", name="Validate", exact=True).click()
     page.get_by_text("Valid train job on preset cpu_smoke").wait_for()
     command = page.get_by_label("Command", exact=True).inner_text()
     assert "ray_jobs.train" in command and "lr=0.003" in command, command
@@ -198,7 +198,7 @@ def test_create_a_training_job_after_validate_shows_a_422_next_to_its_field(ui):
     curl = page.get_by_label("curl for Create job").inner_text()
     assert "Idempotency-Key" in curl and "$DEEPSYNTH_API_TOKEN" in curl and API_TOKEN not in curl
     ui["shot"]("new-job")
-    page.get_by_role("button", name="Create job").click()
+    page.get_by_role("button", name="Create job", exact=True).click()
     page.wait_for_url(re.compile(r"#/jobs/job-"))
     ui["state"]["job"] = page.url.rsplit("/", 1)[1]
 
@@ -217,7 +217,7 @@ def test_progress_bar_and_loss_chart_update_then_pause_and_resume_to_the_end(ui)
     assert int(progress.get_attribute("value")) >= 1 and progress.get_attribute("max") == str(STEPS)
 
     pause = page.get_by_role("button", name="Pause", exact=True)
-    assert pause.is_enabled() and page.get_by_role("button", name="Resume").is_disabled()
+    assert pause.is_enabled() and page.get_by_role("button", name="Resume", exact=True).is_disabled()
     pause.click()
     page.locator(".status-paused").first.wait_for(timeout=TIMEOUT_MS)
     checkpoints = page.get_by_role("table", name="Checkpoints")
@@ -225,17 +225,17 @@ def test_progress_bar_and_loss_chart_update_then_pause_and_resume_to_the_end(ui)
     stopped_at = int(checkpoints.get_by_role("row").nth(1).get_by_role("cell").first.inner_text())
     assert 1 <= stopped_at < STEPS
     assert page.get_by_text(f"step {stopped_at}", exact=True).count() >= 1, "resumes from the paused checkpoint"
-    assert pause.is_disabled() and page.get_by_role("button", name="Resume").is_enabled()
+    assert pause.is_disabled() and page.get_by_role("button", name="Resume", exact=True).is_enabled()
     ui["shot"]("job-paused")
 
-    page.get_by_role("button", name="Resume").click()
+    page.get_by_role("button", name="Resume", exact=True).click()
     page.locator(".status-succeeded").first.wait_for(timeout=TIMEOUT_MS)
     page.get_by_text(f"step {STEPS} of {STEPS}").first.wait_for()
     page.get_by_role("img", name=re.compile(rf"^Validation loss: \d+ points.* at step {STEPS}$")).wait_for()
     log = page.get_by_label("Log tail")
     page.wait_for_function("() => document.querySelector('[aria-label=\"Log tail\"]').textContent.includes('attempt 2')")
     assert f"step {STEPS}/{STEPS}" in log.inner_text()
-    assert pause.is_disabled() and page.get_by_role("button", name="Resume").is_disabled()
+    assert pause.is_disabled() and page.get_by_role("button", name="Resume", exact=True).is_disabled()
     # Timestamps in the browser's locale and zone (the context is en-GB in Europe/Berlin).
     created = datetime.fromtimestamp(requests.get(f"{ui['url']}/api/jobs/{job_id}", headers=_auth(), timeout=10)
                                      .json()["created"], ZoneInfo("Europe/Berlin"))
@@ -268,7 +268,7 @@ def test_playground_summarizes_a_two_page_pdf_with_usage_and_page_previews(ui):
     page.get_by_label("PDF or page images").set_input_files(
         {"name": "two-pages.pdf", "mimeType": "application/pdf", "buffer": pdf})
     page.get_by_label("Max new tokens").fill("8")
-    page.get_by_role("button", name="Summarize").click()
+    page.get_by_role("button", name="Summarize", exact=True).click()
     summary = page.get_by_label("Summary (Base model)")
     summary.wait_for(timeout=120_000)
     assert summary.inner_text().strip()
@@ -334,7 +334,7 @@ def test_narrow_screens_keyboard_and_an_unreachable_api(ui):
 
     # The API going away (the browser's requests fail) shows an error in place; the page keeps working.
     page.route("**/api/**", lambda route: route.abort("connectionrefused"))
-    page.get_by_role("button", name="Refresh").click()
+    page.get_by_role("button", name="Refresh", exact=True).click()
     page.get_by_text("Could not list jobs: Cannot reach the server").wait_for()
     page.get_by_role("link", name="New job").click()
     page.get_by_text("Could not load presets").wait_for()
