@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from deepsynth.data.datasets import PRESETS
 from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, read_manifest
+from deepsynth.data.uploads import UPLOAD_PREFIX, UPLOAD_SPLITS
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
 from deepsynth.jobs.json_types import check_types
@@ -399,25 +400,46 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
                    config=dataclasses.asdict(config))
 
 
+def upload_folder(settings: JobSettings, name: str) -> str:
+    """Where `POST /api/datasets` stores the upload `name`: inside the folder its prepared dataset is written to,
+    so a purge of its prepare_dataset job removes both."""
+    return join(settings.datasets_root, name, "upload")
+
+
 def _prepare(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
-    if request.preset != "builtin" and request.preset not in PRESETS:
+    # `upload:<name>` is the preset only POST /api/datasets gives (JobRequest's preset grammar has no colon), so
+    # a client names an uploaded file by the name it chose, never by a path.
+    uploaded = request.preset.startswith(UPLOAD_PREFIX)
+    name = request.preset.removeprefix(UPLOAD_PREFIX) if uploaded else job_id
+    if uploaded and not NAME_PATTERN.fullmatch(name):
+        raise SpecError(f"name must be 1-64 letters, digits, '.', '_' or '-', not starting with one of the last "
+                        f"three; got {name!r}.", field="name")
+    if not uploaded and request.preset != "builtin" and request.preset not in PRESETS:
         raise SpecError(f"preset {request.preset!r} is not a dataset source; choose builtin or one of "
                         f"{sorted(PRESETS)}.", field="preset")
     _refuse(request.overrides, {"source": "it is the preset.", "output": "datasets go under DEEPSYNTH_STORAGE.",
                                 "name": "the server names the dataset after the job (train on it with "
-                                        "dataset=prepared:<job id>)."})
+                                        "dataset=prepared:<job id>), or an upload after its name."})
+    if uploaded:
+        _refuse(request.overrides, {"text_field": "an upload's columns are mapped with its form's text_field.",
+                                    "summary_field": "an upload's columns are mapped with its form's "
+                                                     "summary_field."})
     known = {f.name for f in dataclasses.fields(PrepareConfig)} - {"source", "name"}
     unknown = sorted(set(request.overrides) - known)
     if unknown:
         raise SpecError(f"Unknown prepare_dataset keys {unknown}; known keys: {sorted(known)}.",
                         field=f"overrides.{unknown[0]}")
-    values = {**request.overrides, "name": job_id, "source": request.preset}
+    source = UPLOAD_PREFIX + upload_folder(settings, name) if uploaded else request.preset
+    values = {**request.overrides, "name": name, "source": source}
     if "model" in values:
         values["model"] = _check_model(values["model"], settings, "overrides.model")
     if values.get("trust_remote_code") and not settings.allow_remote_code:
         raise SpecError("overrides.trust_remote_code=true is not allowed on this server.",
                         field="overrides.trust_remote_code")
     config = _construct(PrepareConfig, values, "overrides")
+    if uploaded and not set(config.splits) <= set(UPLOAD_SPLITS):
+        raise SpecError(f"overrides.splits: an upload holds the splits {list(UPLOAD_SPLITS)}, got {config.splits}.",
+                        field="overrides.splits")
     args = ["--name", config.name, "--source", config.source, "--splits", ",".join(config.splits),
             "--seed", str(config.seed), "--layout", config.layout, "--max-pages", str(config.max_pages),
             "--long-documents", config.long_documents,
