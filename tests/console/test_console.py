@@ -249,9 +249,11 @@ def test_playground_summarizes_a_two_page_pdf_with_usage_and_page_previews(ui):
     for title in ("Base model", "Adapter trained"):
         summary = page.get_by_label(f"Summary ({title})")
         summary.wait_for(timeout=120_000)
-        assert summary.inner_text().strip(), title
         usage = page.get_by_label(f"Usage ({title})").inner_text()
         assert re.search(r"Pages\s+2\b", usage) and re.search(r"Visual tokens\s+\d+", usage), usage
+        # A tiny model may well end at once: the page says so rather than showing nothing.
+        generated = int(re.search(r"Summary tokens\s+(\d+)", usage).group(1))
+        assert (summary.inner_text() == "(empty summary)") == (generated == 0), (title, summary.inner_text(), usage)
         previews = page.get_by_role("group", name=f"Page previews ({title})").get_by_role("img")
         assert previews.count() == 2, title
         for i in range(2):
@@ -365,4 +367,4 @@ def test_narrow_screens_keyboard_and_an_unreachable_api(ui):
     ui["shot"]("api-down")
     page.unroute("**/api/**")
     page.get_by_role("link", name="Jobs", exact=True).click()
-    page.get_by_role("table", name="Jobs").wait_for()
+    page.get_by_text("No jobs yet").wait_for()  # back, and the purged job is gone
