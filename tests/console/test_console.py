@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -53,7 +54,7 @@ def servers(ray_cluster, serve_url, tiny_model_dir, tmp_path_factory):
     token_file.write_text(API_TOKEN)
     jobs = {"state_dir": str(root / "state"), "storage": str(root / "storage"), "api_token_file": str(token_file),
             "ray_dashboard_url": ray_cluster.dashboard_url, "model_roots": [str(Path(tiny_model_dir).parent)],
-            "max_workers": 1, "rate_burst": 20, "failed_logins_per_minute": 1000}
+            "max_workers": 1, "rate_burst": 40, "failed_logins_per_minute": 1000}
     summarizer = {"model": str(tiny_model_dir), "device": "cpu", "api_token_file": str(token_file), "max_pages": 4,
                   "default_max_new_tokens": 8, "max_new_tokens_limit": 16, "num_cpus": 0.5, "ingress_num_cpus": 0.25}
     serve.run(build_jobs(jobs), name=APPS[0], route_prefix="/api")
@@ -156,6 +157,21 @@ def fill_train_form(page, model: str, steps: int, lr: str = "0.003", dataset: st
         {"model": model, "eval_every": 3, "log_every": 1, "train_limit": 16, "val_limit": 2}))
 
 
+def create_job(page) -> str:
+    """Click Create job until it is created (as a user would): right after the cluster starts, Ray Jobs may have
+    no agent yet, which the API answers with a 503 the form shows. Each click resends the same Idempotency-Key."""
+    error = page.locator("#form-error")
+    deadline = time.monotonic() + 90
+    while True:
+        page.get_by_role("button", name="Create job", exact=True).click()
+        page.wait_for_function("() => location.hash.startsWith('#/jobs/job-') || "
+                               "document.querySelector('#form-error')?.textContent", timeout=60_000)
+        if page.url.split("#")[-1].startswith("/jobs/job-"):
+            return page.url.rsplit("/", 1)[1]
+        assert error.inner_text().startswith("503 ray_unavailable") and time.monotonic() < deadline, error.inner_text()
+        time.sleep(3)
+
+
 def watch_progress_then_pause(page, steps: int) -> int:
     """Wait for the progress bar to move and the loss chart to grow, pause, and return the step it paused at."""
     progress = page.get_by_role("progressbar", name=re.compile(r"^Progress: step"))
@@ -204,9 +220,7 @@ def test_create_a_training_job_after_validate_shows_a_422_next_to_its_field(ui):
     curl = page.get_by_label("curl for Create job").inner_text()
     assert "Idempotency-Key" in curl and "$DEEPSYNTH_API_TOKEN" in curl and API_TOKEN not in curl
     ui["shot"]("new-job")
-    page.get_by_role("button", name="Create job", exact=True).click()
-    page.wait_for_url(re.compile(r"#/jobs/job-"))
-    ui["state"]["job"] = page.url.rsplit("/", 1)[1]
+    ui["state"]["job"] = create_job(page)
 
 
 def test_progress_bar_and_loss_chart_update_then_pause_with_its_checkpoint_listed(ui):
@@ -311,7 +325,13 @@ def test_upload_a_jsonl_dataset_train_on_it_pause_and_resume_to_the_end(ui):
     page.get_by_text("Upload refused: 422").wait_for()
     assert "text" in page.locator("#upload-text-field-error").inner_text()
     page.get_by_label("Text column").fill("body")
-    page.get_by_role("button", name="Upload dataset", exact=True).click()
+    deadline = time.monotonic() + 90
+    while True:  # as in create_job: Ray Jobs may have no agent yet right after the cluster starts
+        page.get_by_role("button", name="Upload dataset", exact=True).click()
+        page.get_by_text(re.compile(r"^(Uploaded|Upload refused): ")).wait_for(timeout=60_000)
+        if page.get_by_text("Upload refused: 503 ray_unavailable").count() == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     page.get_by_text(f"Uploaded: prepared:{DATASET} (20 train, 4 validation)").wait_for()
     uploads = page.get_by_role("table", name="Uploads")
     uploads.get_by_role("row").filter(has_text=DATASET).locator(".status-ready").wait_for(timeout=TIMEOUT_MS)
@@ -326,8 +346,7 @@ def test_upload_a_jsonl_dataset_train_on_it_pause_and_resume_to_the_end(ui):
     uploads.get_by_role("button", name=f"Train on prepared:{DATASET}").click()
     expect(page.get_by_label("Dataset", exact=True)).to_have_value(f"prepared:{DATASET}")  # prefilled
     fill_train_form(page, ui["model"], STEPS)
-    page.get_by_role("button", name="Create job", exact=True).click()
-    page.wait_for_url(re.compile(r"#/jobs/job-"))
+    create_job(page)
     stopped_at = watch_progress_then_pause(page, STEPS)
     page.get_by_role("button", name="Resume", exact=True).click()
     page.locator(".status-succeeded").first.wait_for(timeout=TIMEOUT_MS)
