@@ -62,6 +62,19 @@ def wait_for(fetch, done, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}; last: {getattr(value, 'text', value)}")
 
 
+def run_job(api, body: dict, timeout: float) -> str:
+    """Create a job and wait for it to succeed (else fail with its logs); -> its id."""
+    # Right after the cluster starts, Ray Jobs may have no agent yet; the API says so with a 503 and Retry-After.
+    created = wait_for(lambda: call(api, "POST", "/jobs", json=body), lambda r: r.status_code != 503, 60,
+                       "Ray Jobs to accept a job")
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    done = wait_for(lambda: call(api, "GET", f"/jobs/{job_id}").json(),
+                    lambda j: j["status"] in ("succeeded", "failed", "stopped"), timeout, f"job {job_id}")
+    assert done["status"] == "succeeded", call(api, "GET", f"/jobs/{job_id}/logs", params={"tail": 60}).text
+    return job_id
+
+
 def record(api, job_type: str = "train", status: str = "succeeded", preset: str = "cpu_smoke",
            overrides: dict | None = None, run_name: str | None = None) -> str:
     """A job record written into the app's own database, as if the app had created (and Ray run) it."""
@@ -307,12 +320,7 @@ def test_an_upload_is_prepared_as_a_dataset(api, uploaded):
 def test_train_on_an_uploaded_dataset(api, uploaded, tiny_model_dir):
     overrides = {"model": str(tiny_model_dir), "dataset": "prepared:my-news", "num_workers": 1, "max_steps": 2,
                  "eval_every": 2, "log_every": 1, "batch_size": 2, "train_limit": 8, "val_limit": 2}
-    created = call(api, "POST", "/jobs", json={"type": "train", "preset": "cpu_smoke", "overrides": overrides})
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
-    done = wait_for(lambda: call(api, "GET", f"/jobs/{job_id}").json(),
-                    lambda j: j["status"] in ("succeeded", "failed"), 300, "the train job")
-    assert done["status"] == "succeeded", call(api, "GET", f"/jobs/{job_id}/logs", params={"tail": 60}).text
+    job_id = run_job(api, {"type": "train", "preset": "cpu_smoke", "overrides": overrides}, 300)
     metrics = call(api, "GET", f"/jobs/{job_id}/metrics").json()
     steps = [r["step"] for r in metrics["records"] if "loss" in r]
     assert steps == [1, 2] and metrics["next_since"] == 2 and all(r["loss"] > 0 for r in metrics["records"][1:])
@@ -402,3 +410,22 @@ def test_upload_names_and_sizes(api, uploaded):
     assert big.status_code == 413 and f"{MAX_UPLOAD:,} bytes" in big.json()["error"]["message"], big.text
     under = upload(api, "under-the-limit", b"x" * (MAX_UPLOAD - 4096), "big.txt")
     assert under.status_code == 415, "a body under the upload limit is read (and refused for its type)"
+
+
+@pytest.mark.slow
+def test_trials_of_a_real_sweep(api, tiny_model_dir):
+    trial = {"model": str(tiny_model_dir), "num_workers": 1, "max_steps": 2, "eval_every": 2, "log_every": 1,
+             "batch_size": 2, "train_limit": 4, "val_limit": 2}
+    body = {"type": "tune", "preset": "sweep_cpu", "overrides": {"ranks": [4, 8], "overrides": trial,
+                                                                 "rouge_documents": 2, "max_concurrent_trials": 2}}
+    job_id = run_job(api, body, 600)
+    view = call(api, "GET", f"/jobs/{job_id}/trials").json()
+    assert [(t["rank"], t["alpha"], t["status"]) for t in view["trials"]] == [(4, 8, "done"), (8, 16, "done")]
+    for row in view["trials"]:
+        assert 0 <= row["rouge_l"] <= 1 and row["val_loss"] > 0 and row["step"] == 2
+        assert Path(row["checkpoint"], "meta.json").exists() and row["trainable_parameters"] > 0
+    best = min(view["trials"], key=lambda t: t["val_loss"])
+    assert view["best"] == best["run"] and [t["best"] for t in view["trials"]] == [
+        t["run"] == best["run"] for t in view["trials"]]
+    metrics = call(api, "GET", f"/jobs/{job_id}/metrics", params={"trial": best["run"]}).json()
+    assert [r["step"] for r in metrics["records"] if "loss" in r] == [1, 2]
