@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch already installed, hence --no-build-isolation for the project install.
 TORCH := torch==2.13.0
 
-.PHONY: setup setup-vllm demo test test-slow test-gpu gpu-check benchmarks clean
+.PHONY: setup setup-vllm browser demo test test-slow test-gpu gpu-check benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -21,13 +21,22 @@ $(VENV)/.installed: pyproject.toml
 setup-vllm: setup
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev,vllm]"
 
+# The console's browser tests (tests/console) drive the system's Chromium, never a browser Playwright downloads.
+# As root with apt it is installed here (once; a no-op when present); otherwise those tests skip, saying how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "make: no chromium and not root with apt-get: the browser tests will be skipped" \
+	    "(install it with 'sudo apt-get install -y chromium')"; fi; }
+
 demo: setup
 	$(BIN)/python -m ray_jobs.demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/python -m pytest -m slow
 
 test-gpu: setup

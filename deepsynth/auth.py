@@ -34,8 +34,12 @@ def read_token(token_file: str | None, token_env: str, environ: Mapping[str, str
 
 def route_path(request: Request) -> str:
     """The request's path inside its application (without the route prefix it is mounted at)."""
-    root = request.scope.get("root_path", "")
-    path = request.scope["path"]
+    return scope_path(request.scope)
+
+
+def scope_path(scope: Mapping) -> str:
+    """`route_path` of an ASGI scope."""
+    root, path = scope.get("root_path", ""), scope["path"]
     return path[len(root):] if root and path.startswith(root) else path
 
 

@@ -14,7 +14,7 @@ runs each step the way a user would, as a Ray driver against that cluster:
     task in the demo's few minutes);
  5. `ray_jobs.evaluate`: ROUGE of the checkpoint on the same documents;
  6. `deepsynth export`: a model folder with a model card;
- 7. `serve deploy`: the summarizer (serving the checkpoint) at / and the job API at /api;
+ 7. `serve deploy`: the summarizer (serving the checkpoint) at /, the job API at /api and the console at /ui;
  8. one summarization request and one job listing over HTTP.
 
 The model learns to read the bulletins' pages: held-out ROUGE-L goes from about 0 to above 0.8,
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {'dashboard':<12} {dashboard}")
     print(f"  {'summarizer':<12} {summary['summarizer']}/docs  (POST /v1/summarize)")
     print(f"  {'job API':<12} {summary['summarizer']}/api/docs  (Bearer token in {api_token_file})")
+    print(f"  {'console':<12} {summary['summarizer']}/ui/  (paste the same token)")
     if config.stop:
         stop_cluster(head, config.ray_port)
         print("The demo's Ray cluster is stopped.")
@@ -294,13 +295,14 @@ def run_steps(config: DemoConfig, out: Path, env: dict, model_dir: Path, sample:
     export_dir = out / "export" / run_name
     run([str(BIN / "deepsynth"), "export", checkpoint, "--out", str(export_dir)], env)
 
-    step(7, "Serve: the summarizer at / and the job API at /api, from serve/config.yaml")
+    step(7, "Serve: the summarizer at /, the job API at /api and the console at /ui, from serve/config.yaml")
     deploy = serve_config(config, checkpoint, out, api_token_file)
     run([str(BIN / "serve"), "deploy", str(deploy), "--address", f"http://127.0.0.1:{config.dashboard_port}"], env)
     base = f"http://127.0.0.1:{config.serve_port}"
     log = out / "demo" / "ray-head.log"
     wait_for(f"{base}/readyz", head, log, timeout_s=300)
     wait_for(f"{base}/api/healthz", head, log, timeout_s=300)
+    wait_for(f"{base}/ui/", head, log, timeout_s=300)
 
     step(8, "Call it: one summary; one job created and listed through the job API")
     answer = requests.post(f"{base}/v1/summarize", json={"text": sample["text"], "max_new_tokens": 8}, timeout=120)

@@ -3,7 +3,7 @@
     serve run serve.jobs:build_app state_dir=/state storage=/runs      # or in serve/config.yaml under /api
 
 Mounted at `/api`, it serves `GET /api/healthz`, presets and listings, and `/api/jobs`
-(create, list, get, logs, pause, resume, delete); OpenAPI at `/api/docs`. Every route but
+(create, validate, list, get, logs, metrics, trials, pause, resume, delete); OpenAPI at `/api/docs`. Every route but
 `/healthz` needs `Authorization: Bearer <token>`; the token is read inside the replica from the
 file `api_token_file` or the environment variable `api_token_env` (default DEEPSYNTH_API_TOKEN),
 so it never appears in the Serve config or the Ray dashboard. The replica reaches Ray Jobs with
@@ -16,6 +16,7 @@ wrong tokens gets 429s, a locked job database a 503, and anything unexpected a 5
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,8 +34,9 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deepsynth.auth import bearer_accepted, read_token, route_path
-from deepsynth.data.prepared import list_prepared
+from deepsynth.auth import bearer_accepted, read_token, route_path, scope_path
+from deepsynth.data.prepared import NAME_PATTERN, list_prepared
+from deepsynth.data.uploads import UploadError, read_upload, upload_format
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.jobs.progress import list_runs
 from deepsynth.jobs.ratelimit import RateLimiter
@@ -47,6 +49,12 @@ from deepsynth.logs import SERVE_LOGGER_NAME, configure_serve_logging, serve_log
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 UNAUTHORIZED = ("Missing or invalid token: send 'Authorization: Bearer <DEEPSYNTH_API_TOKEN>' as a header "
                 "(never in the URL).")
+# GET /jobs/{id}/metrics: reports per page by default, and at most.
+METRICS_LIMIT = 1000
+MAX_METRICS_LIMIT = 10_000
+# POST /datasets: the largest request (file and form) and the most documents, by default.
+UPLOAD_BYTES = 64 * 1_048_576
+UPLOAD_ROWS = 100_000
 HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 # Serve's own logger: its handlers write the replica's log file, and configure_serve_logging scrubs them.
@@ -85,6 +93,11 @@ class AppArgs(BaseModel):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body; a larger one (declared in Content-Length or streamed) is a 413, refused before it is
     read. Job requests are a few KB."""
+    max_upload_bytes: int = Field(UPLOAD_BYTES, ge=1024)
+    """Largest body of `POST /datasets` (the whole multipart request: the file and the form fields), refused like
+    max_body_bytes; the other routes keep max_body_bytes."""
+    max_upload_rows: int = Field(UPLOAD_ROWS, ge=2)
+    """Most documents one uploaded file may hold; more is a 422."""
     project_dir: str | None = None
     """Where entrypoints run (holds ray_jobs/); default the folder this package is in."""
     python: str | None = None
@@ -96,6 +109,8 @@ class AppArgs(BaseModel):
 class ErrorBody(BaseModel):
     type: str
     message: str
+    field: str | None = Field(None, description="the failing field's path in the request (`preset`, "
+                              "`overrides.lr`, a query parameter's name), when it is known; absent otherwise")
 
 
 class ErrorResponse(BaseModel):
@@ -134,6 +149,73 @@ class JobView(BaseModel):
                                     "None starts from scratch")
 
 
+class MetricsPage(BaseModel):
+    job_id: str
+    trial: str | None = Field(description="the sweep trial these reports are of; None for a train job")
+    records: list[dict[str, Any]] = Field(description="metrics.jsonl reports after `since`, in file order: "
+                                          "{step, loss, val_loss, lr, samples_per_s, data_wait_share, "
+                                          "peak_memory_mb, ...}; step 0 holds the initial val_loss")
+    next_since: int = Field(description="the last step returned (or `since`): pass it as `since` for the next page")
+    more: bool = Field(description="whether reports after `next_since` were left for the next page")
+
+
+class TrialView(BaseModel):
+    run: str
+    rank: int
+    alpha: int
+    lr: float
+    dropout: float
+    targets: str | list[str] | None
+    status: str = Field(description="pending, running, done, stopped early (ASHA), stopped or error")
+    step: int | None
+    val_loss: float | None = Field(description="a done trial's best val loss, else its latest")
+    rouge_l: float | None
+    trainable_parameters: int | None
+    samples_per_s: float | None
+    peak_memory_mb: float | None
+    checkpoint: str | None
+    best: bool
+
+
+class TrialsView(BaseModel):
+    job_id: str
+    status: str
+    trials: list[TrialView]
+    best: str | None = Field(description="the run of the done trial with the lowest val loss")
+
+
+class UploadResult(BaseModel):
+    dataset: str = Field(description="prepared:<name>: the dataset train jobs name once the job has succeeded")
+    job: JobView = Field(description="the prepare_dataset job rendering it")
+    rows: dict[str, int] = Field(description="documents per split: train and validation")
+
+
+class UploadView(BaseModel):
+    name: str
+    dataset: str
+    status: str = Field(description="preparing, ready or failed")
+    job_id: str | None = None
+    job_status: str | None = Field(description="the prepare job's status; None once its record is deleted")
+    filename: str
+    format: str
+    text_field: str
+    summary_field: str
+    rows: dict[str, int]
+    created: float
+
+
+def parse_overrides(text: str) -> dict:
+    """The `overrides` form field of an upload: a JSON object, else UploadError (a 422 naming the field)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise UploadError(422, "invalid_request", "overrides must be a JSON object of prepare_dataset settings, "
+                          'e.g. {"max_pages": 4}.', field="overrides")
+    return value
+
+
 class DeleteResult(BaseModel):
     id: str
     deleted: bool
@@ -141,8 +223,28 @@ class DeleteResult(BaseModel):
     purged: list[str]
 
 
-def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+class ValidationResult(BaseModel):
+    valid: bool
+    type: str
+    preset: str
+    config: dict[str, Any] = Field(description="the config the job would run: the preset with the overrides and "
+                                   "the server's settings applied; `{job_id}` stands for the id a created job gets")
+    command: str = Field(description="the entrypoint the server would submit to Ray Jobs, `{job_id}` as in config")
+    total_steps: int | None = Field(description="the optimizer steps of a train job (its progress denominator)")
+
+
+def error(status: int, kind: str, message: str, headers: dict[str, str] | None = None,
+          field: str | None = None) -> JSONResponse:
+    body = {"type": kind, "message": message, **({"field": field} if field else {})}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def request_field(loc: tuple) -> str | None:
+    """A pydantic error location as a field path: ("body", "overrides", "lr") -> "overrides.lr", ("query",
+    "since") -> "since"; None for the body as a whole or a position in unparsable JSON."""
+    if len(loc) < 2 or not all(isinstance(part, str) for part in loc[1:]):
+        return None
+    return ".".join(loc[1:]) if loc[0] == "body" else loc[-1]
 
 
 class PayloadTooLarge(StarletteHTTPException):
@@ -153,20 +255,20 @@ class PayloadTooLarge(StarletteHTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` is a 413. One whose Content-Length says so is answered before a
-    byte of it is read, so a client that declares 10 GB and sends nothing is not waited for; a streamed one
-    (chunked) fails as soon as it passes the limit."""
+    """ASGI middleware: a body over `max_bytes` (or its route's limit in `route_limits`, by path inside the app) is
+    a 413. One whose Content-Length says so is answered before a byte of it is read, so a client that declares
+    10 GB and sends nothing is not waited for; a streamed one (chunked) fails as soon as it passes the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, route_limits: dict[str, int] | None = None):
+        self.app, self.max_bytes, self.route_limits = app, max_bytes, route_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.route_limits.get(scope_path(scope), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error(413, "payload_too_large", PayloadTooLarge(self.max_bytes).detail,
-                             {"Connection": "close"})
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = error(413, "payload_too_large", PayloadTooLarge(limit).detail, {"Connection": "close"})
             return await response(scope, receive, send)
         seen = 0
 
@@ -174,8 +276,8 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise PayloadTooLarge(self.max_bytes)
+            if seen > limit:
+                raise PayloadTooLarge(limit)
             return message
 
         await self.app(scope, counted, send)
@@ -194,7 +296,7 @@ def read_ray_token(environ: dict[str, str]) -> str | None:
 
 
 def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, failed_logins: RateLimiter,
-               max_body_bytes: int) -> FastAPI:
+               max_body_bytes: int, max_upload_bytes: int = UPLOAD_BYTES, max_upload_rows: int = UPLOAD_ROWS) -> FastAPI:
     """The FastAPI app over a JobService; auth is a middleware, so a bad token costs no handler work.
 
     `failed_logins` has one bucket per client host, taken from by each wrong token; an empty bucket makes every
@@ -206,7 +308,7 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
                              422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                              500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     # Outside auth, so an oversized body is refused before anything else looks at the request.
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, route_limits={"/datasets": max_upload_bytes})
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
@@ -225,8 +327,10 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         # Location and reason only: pydantic's messages can echo the input, which may hold a secret.
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return error(422, "invalid_request", scrub(problems, secrets))
+        errors = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        field = request_field(tuple(errors[0]["loc"])) if errors else None
+        return error(422, "invalid_request", scrub(problems, secrets), field=field and scrub(field, secrets))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -236,7 +340,11 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
 
     @app.exception_handler(SpecError)
     async def bad_spec(request: Request, exc: SpecError):
-        return error(422, "invalid_job", scrub(str(exc), secrets))
+        return error(422, "invalid_job", scrub(str(exc), secrets), field=exc.field and scrub(exc.field, secrets))
+
+    @app.exception_handler(UploadError)
+    async def bad_upload(request: Request, exc: UploadError):
+        return error(exc.status, exc.kind, scrub(str(exc), secrets), field=exc.field)
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound):
@@ -292,6 +400,38 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
         """Datasets prepared on the cluster (prepare_dataset jobs); train on one with dataset=prepared:<name>."""
         return list_prepared(service.settings.datasets_root)
 
+    @app.post("/datasets", status_code=202, response_model=UploadResult,
+              responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                         415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    def upload_dataset(
+        file: UploadFile = File(description="the documents: a .jsonl, .csv or .parquet file, one row per document"),
+        name: str = Form(pattern=NAME_PATTERN.pattern, description="the dataset's name: train on prepared:<name>"),
+        text_field: str = Form("text", min_length=1, max_length=200, description="the column holding the text"),
+        summary_field: str = Form("summary", min_length=1, max_length=200,
+                                  description="the column holding the reference summary"),
+        validation_rows: int | None = Form(None, ge=1, description="rows held out as the validation split "
+                                           "(a fixed-seed shuffle); default a tenth of the rows, at least one"),
+        overrides: str = Form("{}", max_length=10_000, description="a JSON object of prepare_dataset settings "
+                              "(PrepareConfig: model, layout, max_pages, long_documents, limit, ...)"),
+    ):
+        """Upload a dataset and start the prepare_dataset job that renders it (202): when the job succeeds,
+        `prepared:<name>` is a dataset train, tune and evaluate jobs can name. The file is checked strictly first
+        (format, columns, non-empty string cells, row limit); what is wrong is a 4xx naming the row or field."""
+        settings = parse_overrides(overrides)
+        service.check_upload_name(name)  # before the file is read
+        rows = read_upload(file.file, file.filename or "", text_field=text_field, summary_field=summary_field,
+                           max_rows=max_upload_rows)
+        meta = {"filename": Path(file.filename or "").name, "format": upload_format(file.filename or ""),
+                "text_field": text_field, "summary_field": summary_field, "created": time.time()}
+        result = service.create_upload(name, rows, validation_rows=validation_rows, meta=meta, overrides=settings)
+        return UploadResult(dataset=result["dataset"], job=JobView(**result["job"]), rows=result["rows"])
+
+    @app.get("/datasets/uploads", response_model=list[UploadView])
+    def uploads():
+        """Uploaded datasets with the state of their prepare job: preparing, ready (train on `dataset`) or
+        failed (see the job's error and logs)."""
+        return service.list_uploads()
+
     @app.get("/training/checkpoints")
     def checkpoints() -> list[dict]:
         """Every run under the storage with its checkpoints: step, metrics and path."""
@@ -303,6 +443,12 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
     def create_job(request: JobRequest, idempotency_key: str | None = Header(None, max_length=200)):
         view, created = service.create(request, idempotency_key)
         return JSONResponse(JobView(**view).model_dump(mode="json"), status_code=201 if created else 200)
+
+    @app.post("/jobs:validate", response_model=ValidationResult)
+    def validate_job(request: JobRequest):
+        """The same body and checks as POST /jobs, but nothing is recorded or submitted: the resolved config and
+        the command the server would run, or the 422 that create would answer. Not rate-limited."""
+        return service.validate(request)
 
     @app.get("/jobs", response_model=list[JobView])
     def list_jobs():
@@ -317,6 +463,20 @@ def create_api(service: JobService, api_token: str, secrets: frozenset[str], *, 
     def job_logs(job_id: str, tail: int | None = Query(None, ge=1, le=100_000)):
         """The job's output, every attempt (a resume is a new attempt), with secrets redacted."""
         return PlainTextResponse(service.logs(job_id, tail))
+
+    @app.get("/jobs/{job_id}/metrics", response_model=MetricsPage,
+             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    def job_metrics(job_id: str, since: int = Query(-1, ge=-1, le=2**53), limit: int = Query(
+                        METRICS_LIMIT, ge=1, le=MAX_METRICS_LIMIT), trial: str | None = Query(None, max_length=300)):
+        """The run's metrics log (`logs/metrics.jsonl`): the reports after step `since`, at most `limit`. Poll
+        with `since` = the previous `next_since`. A sweep (tune) job's runs are its trials: name one in `trial`."""
+        return service.metrics(job_id, since, limit, trial)
+
+    @app.get("/jobs/{job_id}/trials", response_model=TrialsView,
+             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    def job_trials(job_id: str):
+        """A sweep (tune) job's trials: rank, alpha, lr, dropout, status, step, val loss, ROUGE-L, the best one."""
+        return service.trials(job_id)
 
     @app.post("/jobs/{job_id}/pause", response_model=JobView, status_code=202,
               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
@@ -380,7 +540,8 @@ class JobsAPI:
         self.service, self.api_token, self.secrets = build_service(parsed, environ, client)
         self.failed_logins = RateLimiter(parsed.failed_logins_per_minute, parsed.failed_logins_per_minute,
                                          clock=time.monotonic)
-        self.max_body_bytes = parsed.max_body_bytes
+        self.limits = {"max_body_bytes": parsed.max_body_bytes, "max_upload_bytes": parsed.max_upload_bytes,
+                       "max_upload_rows": parsed.max_upload_rows}
         log = configure_serve_logging(secrets=self.secrets)
         reconciled = self.service.reconcile()
         if reconciled:
@@ -388,7 +549,7 @@ class JobsAPI:
 
     def __serve_build_asgi_app__(self):
         return create_api(self.service, self.api_token, self.secrets, failed_logins=self.failed_logins,
-                          max_body_bytes=self.max_body_bytes)
+                          **self.limits)
 
 
 def build_app(args: dict) -> Application:

@@ -68,6 +68,7 @@ from deepsynth.serving.inputs import (
     check_content_length,
     file_pages,
     limited_stream,
+    page_previews,
     read_body,
     text_pages,
 )
@@ -432,7 +433,8 @@ class SummarizerIngress:
                 payload = SummarizeTextRequest.model_validate_json(body)
             except ValidationError as err:
                 raise ServingError(422, "invalid_request", validation_detail(err.errors())) from None
-            job = self._job(payload.options(), request)
+            options = payload.options()
+            job = self._job(options, request)
             job.pages, visual_tokens, text_tokens = await self.pool.run(
                 lambda: self._text_input(payload.text, job, deadline), deadline)
         elif media_type == "multipart/form-data":
@@ -448,6 +450,7 @@ class SummarizerIngress:
             raise ServingError(415, "unsupported_media_type",
                                f"Content-Type {media_type or 'none'!r} is not accepted; send application/json "
                                "with a text field, or multipart/form-data with a PDF or page images.")
+        previews = await self.pool.run(lambda: page_previews(job.pages), deadline) if options.previews else None
         render_s = time.monotonic() - started
         result = await self._generate(job, deadline)
         total_s = time.monotonic() - started
@@ -465,6 +468,7 @@ class SummarizerIngress:
                 timings=Timings(render_s=render_s, queue_s=result.queue_s, generate_s=result.generate_s,
                                 total_s=total_s),
             ),
+            previews=previews,
         )
 
     def _text_input(self, text: str, job: SummaryJob, deadline: Deadline) -> tuple[list[Image.Image], int, int]:

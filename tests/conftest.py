@@ -135,6 +135,9 @@ def ray_cluster():
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "serve.proxy:middlewares"
     context = ray.init(address="local", num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1",
                        dashboard_port=free_port(), _temp_dir=temp_dir)
+    # ray.init does not write that file (`ray start` does); without it a job's driver joins whichever Ray
+    # cluster it finds running on the machine first.
+    (Path(temp_dir) / "ray_current_cluster").write_text(context.address_info["gcs_address"])
     yield RayCluster(gcs_address=context.address_info["gcs_address"], dashboard_url=f"http://{context.dashboard_url}",
                      token=RAY_TEST_TOKEN, logs_dir=Path(temp_dir) / "session_latest" / "logs")
     ray.shutdown()

@@ -2,7 +2,7 @@
 
 Every source comes back as a list of `{"id": str, "text": str, "summary": str}` dicts; what a
 record becomes next (pages, tokens) is decided elsewhere, so nothing here knows the model. A
-source is one of three things:
+source is one of:
 
 - `"builtin"`: the offline corpus of `deepsynth.data.corpus`, the default that needs no network;
 - a preset name from `PRESETS` (`cnn_dailymail`, `xsum`, `arxiv`, `billsum`, `mlsum`), read
@@ -10,6 +10,8 @@ source is one of three things:
 - a local `.jsonl`, `.json`, `.csv` or `.parquet` file, one row per document;
 - `"prepared:<folder>"`: a dataset rendered ahead by `ray_jobs.prepare_dataset`, whose records
   also point at their pre-rendered pages (see `deepsynth.data.prepared`).
+- `"upload:<folder>"`: a file a client uploaded to the job API, stored as one Parquet file per
+  split (see `deepsynth.data.uploads`).
 
 The loader is a parameter, so tests inject a fake one and no code path needs the Hub.
 
@@ -29,6 +31,7 @@ import datasets
 
 from deepsynth.data.corpus import SPLITS, generate_corpus
 from deepsynth.data.prepared import PREFIX, load_prepared_records
+from deepsynth.data.uploads import UPLOAD_PREFIX, load_upload_records
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +165,12 @@ def load_records(
             raise ValueError("A prepared dataset has fixed fields; drop text_field=/summary_field=/id_field=.")
         return load_prepared_records(source.removeprefix(PREFIX), split, limit)
 
+    if source.startswith(UPLOAD_PREFIX):
+        if text_field or summary_field or id_field:
+            raise ValueError("An uploaded dataset has fixed fields (id, text, summary); drop "
+                             "text_field=/summary_field=/id_field=.")
+        return load_upload_records(source.removeprefix(UPLOAD_PREFIX), split, limit)
+
     if source in PRESETS:
         preset = PRESETS[source]
         try:
@@ -190,7 +199,8 @@ def load_records(
 
     raise ValueError(
         f"Unknown dataset source {source!r}; use {BUILTIN!r}, a preset ({', '.join(sorted(PRESETS))}), "
-        f"a path to a local file ending in {', '.join(FILE_LOADERS)} or {PREFIX}<folder of a prepared dataset>."
+        f"a path to a local file ending in {', '.join(FILE_LOADERS)}, {PREFIX}<folder of a prepared dataset> or "
+        f"{UPLOAD_PREFIX}<folder of an uploaded one>."
     )
 
 

@@ -49,7 +49,8 @@ class PrepareConfig:
     name: str
     """Folder name of the prepared dataset under `<output>/datasets/`."""
     source: str = "builtin"
-    """builtin, a dataset preset (cnn_dailymail, xsum, ...) or a local .jsonl/.csv/.parquet file."""
+    """builtin, a dataset preset (cnn_dailymail, xsum, ...), a local .jsonl/.csv/.parquet file, or upload:<folder>
+    of a dataset uploaded to the job API."""
     splits: list[str] = field(default_factory=lambda: ["train", "validation"])
     """Splits to render; training needs train and validation."""
     limit: int | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 
@@ -53,6 +54,17 @@ def matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     raise TypeError(f"check_types does not know the field type {hint!r}.")
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """A JSON value with `fn` applied to every string in it, object keys included."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {fn(str(k)): map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, fn) for v in value]
+    return value
 
 
 def _describe(hint: Any) -> str:

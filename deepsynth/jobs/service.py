@@ -25,10 +25,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from deepsynth.jobs.progress import latest_metrics, list_checkpoints, remove_tree, resume_step
+import pyarrow.fs as pafs
+
+from deepsynth.data.prepared import MANIFEST, PREFIX, filesystem, join
+from deepsynth.data.uploads import UPLOAD_PREFIX, list_upload_meta, write_upload, write_upload_meta
+from deepsynth.jobs.json_types import map_strings
+from deepsynth.jobs.progress import latest_metrics, list_checkpoints, metrics_page, remove_tree, resume_step
 from deepsynth.jobs.ratelimit import RateLimiter
 from deepsynth.jobs.secrets import scrub
-from deepsynth.jobs.specs import JobRequest, JobSettings, JobSpec, build_spec
+from deepsynth.jobs.specs import JobRequest, JobSettings, JobSpec, SpecError, build_spec, upload_folder
+from deepsynth.jobs.sweeps import sweep_trials
 from deepsynth.jobs.store import TERMINAL, InvalidTransition, JobNotFound, JobRecord, JobStore, new_job_id
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,12 @@ RESUMABLE_TYPES = ("train",)
 PURGEABLE = TERMINAL | {"paused"}
 # The job API has one token, so job creation shares one rate-limit bucket.
 RATE_KEY = "api"
+# Job types whose runs write a metrics log: a train job's run, and each trial's run of a sweep.
+METRIC_TYPES = ("train", "tune")
+# A validation builds the job as if it had this id (real ids are "job-" and 12 hex digits, so it is none of
+# them); the answer shows JOB_ID_PLACEHOLDER where the created job's id will be.
+VALIDATE_ID = "job-validate-placeholder"
+JOB_ID_PLACEHOLDER = "{job_id}"
 
 
 class JobClient(Protocol):
@@ -93,6 +105,8 @@ class JobService:
         # submission is the previous attempt (stopped), which a concurrent read must not act on.
         self._submitting: set[str] = set()
         self._submitting_lock = threading.Lock()
+        # Upload names between their check and their folder's creation (under the same lock).
+        self._uploading: set[str] = set()
 
     # --- Ray, seen through its client ---
     def _ray(self, what: str, call, *args, **kwargs):
@@ -207,7 +221,114 @@ class JobService:
                 continue  # deleted while we listed
         return views
 
+    def metrics(self, job_id: str, since: int, limit: int, trial: str | None = None) -> dict:
+        """The run's metrics reports after step `since`, at most `limit` (a page ends at a step boundary).
+
+        A sweep has one run per trial: `trial` names it (a `run` of `trials`). -> {"job_id", "trial", "records",
+        "next_since", "more"}; `next_since` is the last step returned, or `since` when none was.
+        """
+        record = self.store.get(job_id)
+        if record.type not in METRIC_TYPES:
+            raise Conflict(f"Job {job_id} is a {record.type} job; only {list(METRIC_TYPES)} jobs write metrics.")
+        if record.type == "train":
+            if trial is not None:
+                raise SpecError("trial is for sweep (tune) jobs; leave it out for a train job.", field="trial")
+            run_dir = record.run_dir
+        else:
+            runs = [t["run_name"] for t in self._planned_trials(record)]
+            if trial not in runs:
+                raise SpecError(f"A sweep's metrics are per trial: set trial to one of {runs} (GET "
+                                f"/api/jobs/{job_id}/trials).", field="trial")
+            run_dir = join(self.settings.runs_root, trial)
+        records, more = metrics_page(run_dir, since, limit)
+        return {"job_id": job_id, "trial": trial, "records": records,
+                "next_since": records[-1]["step"] if records else since, "more": more}
+
+    def trials(self, job_id: str) -> dict:
+        """A sweep job's trials (`sweep_trials`) and the best one. -> {"job_id", "status", "trials", "best"}"""
+        record = self._read(self.store.get(job_id))
+        if record.type != "tune":
+            raise Conflict(f"Job {job_id} is a {record.type} job; only tune (sweep) jobs have trials.")
+        trials = sweep_trials(self.settings.runs_root, job_id, self._planned_trials(record),
+                              active=record.status in ACTIVE)
+        best = next((t["run"] for t in trials if t["best"]), None)
+        return {"job_id": job_id, "status": record.status, "trials": trials, "best": best}
+
+    def _planned_trials(self, record: JobRecord) -> list[dict]:
+        """The sweep's grid, rebuilt from its request as create built it."""
+        request = JobRequest(type=record.type, preset=record.preset, overrides=record.overrides)
+        try:
+            return build_spec(request, record.id, self.settings, self.secrets).config["trials"]
+        except SpecError as err:
+            raise Conflict(f"Job {record.id}'s sweep no longer validates on this server ({err}); its trials "
+                           "cannot be listed.") from None
+
+    # --- uploaded datasets ---
+    def check_upload_name(self, name: str) -> None:
+        """Conflict when `name` is taken: a prepared dataset, an upload, or an upload under way."""
+        fs, path = filesystem(join(self.settings.datasets_root, name))
+        if name in self._uploading or fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise Conflict(f"A dataset named {name!r} exists already (GET /api/datasets/generated and "
+                           "/api/datasets/uploads list them); choose another name.")
+
+    def create_upload(self, name: str, rows: list[tuple[str, str]], *, validation_rows: int | None, meta: dict,
+                      overrides: dict) -> dict:
+        """Store an upload's rows as `name` and start the prepare_dataset job that renders it to prepared:<name>.
+
+        Nothing stays behind when a step fails (a bad override, the rate limit, Ray unreachable): the folder is
+        removed and the error raised. -> {"dataset": "prepared:<name>", "job": the job's view, "rows": {split: n}}
+        """
+        with self._submitting_lock:
+            self.check_upload_name(name)
+            self._uploading.add(name)
+        folder = upload_folder(self.settings, name)
+        try:
+            request = JobRequest.model_construct(type="prepare_dataset", preset=UPLOAD_PREFIX + name,
+                                                 overrides=overrides)
+            build_spec(request, VALIDATE_ID, self.settings, self.secrets)  # its 422 before anything is written
+            counts = write_upload(folder, name, rows, validation_rows, meta)
+            view, _ = self.create(request, idempotency_key=None)
+        except BaseException:
+            remove_tree(join(self.settings.datasets_root, name))
+            raise
+        finally:
+            with self._submitting_lock:
+                self._uploading.discard(name)
+        write_upload_meta(folder, {**meta, "name": name, "rows": counts, "job_id": view["id"]})
+        return {"dataset": PREFIX + name, "job": view, "rows": counts}
+
+    def list_uploads(self) -> list[dict]:
+        """Every upload with its prepare job's state: status preparing, ready (prepared:<name> can be trained on)
+        or failed."""
+        uploads = []
+        for meta in list_upload_meta(self.settings.datasets_root):
+            folder = join(self.settings.datasets_root, meta["name"])
+            fs, path = filesystem(folder)
+            prepared = fs.get_file_info(join(path, MANIFEST)).type == pafs.FileType.File
+            try:
+                job_status = self._read(self.store.get(meta.get("job_id", ""))).status
+            except JobNotFound:
+                job_status = None  # the record was deleted (without purge)
+            status = "ready" if prepared else "preparing" if job_status in ACTIVE else "failed"
+            uploads.append({**meta, "dataset": PREFIX + meta["name"], "status": status, "job_status": job_status})
+        return uploads
+
     # --- actions ---
+    def validate(self, request: JobRequest) -> dict:
+        """What `create` would run for `request`, without recording or submitting anything; SpecError as create.
+
+        -> {"valid": True, "type", "preset", "config": the resolved config, "command": the entrypoint}, with
+        `{job_id}` where the job's id goes and known secrets scrubbed.
+        """
+        spec = build_spec(request, VALIDATE_ID, self.settings, self.secrets)
+
+        def shown(text: str) -> str:
+            return self._scrub(text.replace(VALIDATE_ID, JOB_ID_PLACEHOLDER))
+
+        return {"valid": True, "type": request.type, "preset": request.preset,
+                "config": map_strings(spec.config, shown), "command": shown(spec.entrypoint),
+                "total_steps": spec.total_steps}
+
     def create(self, request: JobRequest, idempotency_key: str | None) -> tuple[dict, bool]:
         """Validate, record and submit a job. -> (view, created); a known idempotency key returns its job."""
         if idempotency_key is not None:
@@ -331,3 +452,4 @@ class JobService:
             self._ray("Stopping the Ray job failed", self.client.stop_job, record.ray_job_id)
         self.store.delete(job_id)
         return {"id": job_id, "deleted": True, "stopped": stopped, "purged": []}
+

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from deepsynth.data.datasets import PRESETS
 from deepsynth.data.prepared import NAME_PATTERN, PREFIX, PrepareConfig, join, read_manifest
+from deepsynth.data.uploads import UPLOAD_PREFIX, UPLOAD_SPLITS
 from deepsynth.evaluation.benchmarks import BENCHMARKS
 from deepsynth.evaluation.config import EvalConfig
 from deepsynth.jobs.json_types import check_types
@@ -60,7 +61,15 @@ HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
 
 
 class SpecError(ValueError):
-    """A request the server will not run; the message names the field and the fix (a 422)."""
+    """A request the server will not run; the message names the field and the fix (a 422).
+
+    `field` is the failing field's path in the request body (`preset`, `overrides.lr`, `overrides.overrides.lr`
+    for a sweep's trials), when it is known, so a client can show the error next to it.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class JobRequest(BaseModel):
@@ -110,6 +119,8 @@ class JobSpec:
     """Optimizer steps a train job will run (its progress denominator); None for other types."""
     num_gpus: float = 0
     """GPUs Ray reserves for the entrypoint (`entrypoint_num_gpus`); 0 lets it run anywhere, e.g. the head."""
+    config: dict = dataclasses.field(default_factory=dict)
+    """The resolved config the entrypoint runs (preset, overrides and the server's settings), as JSON values."""
 
 
 def list_presets(configs_dir: Path) -> list[dict]:
@@ -157,14 +168,45 @@ def build_spec(request: JobRequest, job_id: str, settings: JobSettings, secrets:
     for key, value in request.overrides.items():
         if contains_secret(value, secrets):
             raise SpecError(f"overrides.{key} carries a secret value; jobs read secrets (HF_TOKEN, ...) from the "
-                            "cluster's environment, never from a request.")
+                            "cluster's environment, never from a request.", field=f"overrides.{key}")
     try:
         builder = {"train": _train, "tune": _tune, "evaluate": _evaluate, "prepare_dataset": _prepare}[request.type]
         return builder(request, job_id, settings)
     except SpecError:
         raise
     except ValueError as err:  # the configs' own validation, which names the key and the fix
-        raise SpecError(str(err)) from None
+        raise SpecError(str(err), field=failing_field(str(err), CONFIG_FIELDS[request.type])) from None
+
+
+# Where each job type's config fields sit in the request body, for `failing_field`.
+CONFIG_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "train": (("overrides", TrainConfig),),
+    "tune": (("overrides", SweepConfig), ("overrides.overrides", TrainConfig)),
+    "evaluate": (("overrides", EvalConfig),),
+    "prepare_dataset": (("overrides", PrepareConfig),),
+}
+# A config's own error starts with the field it is about: `lr must be ...`, `train_limit=4 is ...`, `layout: ...`,
+# `Unknown config key 'x' ...`, `Config key 'x' expects ...`, or `overrides.lr expects ...` (check_types).
+LEADING_FIELD = re.compile(r"^(Unknown config key |Config key )?'?([A-Za-z_][A-Za-z0-9_.]*)'?")
+
+
+def failing_field(message: str, places: tuple[tuple[str, type], ...]) -> str | None:
+    """The request field a config's ValueError is about, from the name it starts with; None if it names none.
+
+    Only TrainConfig reports unknown keys itself (config_from_dict); it is the last of `places`.
+    """
+    match = LEADING_FIELD.match(message)
+    if not match:
+        return None
+    unknown, name = match.group(1) == "Unknown config key ", match.group(2)
+    if unknown:
+        return f"{places[-1][0]}.{name}"
+    if any(name.startswith(where + ".") for where, _ in places):
+        return name  # check_types names the full path itself
+    for where, cls in places:
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return f"{where}.{name}"
+    return None
 
 
 def _construct(cls, values: dict, where: str):
@@ -186,14 +228,14 @@ def _preset_file(settings: JobSettings, name: str, kind: str) -> tuple[Path, dic
     presets = {p["name"]: p for p in list_presets(settings.configs_dir) if p["type"] == kind}
     if name not in presets:
         raise SpecError(f"preset {name!r} is not a {kind} preset; choose one of {sorted(presets)} "
-                        "(GET /api/training/presets).")
+                        "(GET /api/training/presets).", field="preset")
     return settings.configs_dir / f"{name}.yaml", presets[name]["config"]
 
 
 def _refuse(overrides: dict, rules: dict[str, str], where: str = "overrides") -> None:
     for key, why in rules.items():
         if key in overrides:
-            raise SpecError(f"{where}.{key} cannot be set by a client: {why}")
+            raise SpecError(f"{where}.{key} cannot be set by a client: {why}", field=f"{where}.{key}")
 
 
 def _check_model(value: Any, settings: JobSettings, where: str) -> str:
@@ -204,7 +246,7 @@ def _check_model(value: Any, settings: JobSettings, where: str) -> str:
     """
     roots = list(settings.model_roots) or "none configured"
     refused = SpecError(f"{where}={value!r} is neither a Hub id (org/name) nor a folder under the server's model "
-                        f"roots ({roots}).")
+                        f"roots ({roots}).", field=where)
     if not isinstance(value, str) or not value or "\0" in value:
         raise refused
     path = settings.project_dir / value
@@ -220,13 +262,13 @@ def _check_model(value: Any, settings: JobSettings, where: str) -> str:
     if not any(resolved.is_relative_to(Path(root).resolve()) for root in settings.model_roots):
         raise refused
     if not (resolved / "config.json").is_file():
-        raise SpecError(f"{where}: {value} holds no model (no config.json).")
+        raise SpecError(f"{where}: {value} holds no model (no config.json).", field=where)
     return str(resolved)
 
 
 def _check_dataset(value: Any, settings: JobSettings, where: str) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{where} must be a string: builtin, a dataset preset or prepared:<name>.")
+        raise SpecError(f"{where} must be a string: builtin, a dataset preset or prepared:<name>.", field=where)
     if value == "builtin" or value in PRESETS:
         return value
     if value.startswith(PREFIX) and NAME_PATTERN.fullmatch(value.removeprefix(PREFIX)):
@@ -235,10 +277,10 @@ def _check_dataset(value: Any, settings: JobSettings, where: str) -> str:
             read_manifest(folder)
         except FileNotFoundError:
             raise SpecError(f"{where}={value!r} is not a prepared dataset on this server; see GET "
-                            "/api/datasets/generated, or create it with a prepare_dataset job.") from None
+                            "/api/datasets/generated, or create it with a prepare_dataset job.", field=where) from None
         return PREFIX + folder
     raise SpecError(f"{where}={value!r}: use builtin, a dataset preset ({', '.join(sorted(PRESETS))}) or "
-                    "prepared:<name> of a dataset listed by GET /api/datasets/generated.")
+                    "prepared:<name> of a dataset listed by GET /api/datasets/generated.", field=where)
 
 
 TRAIN_RULES = {
@@ -260,10 +302,11 @@ def _train_overrides(overrides: dict, settings: JobSettings, where: str) -> dict
         values["dataset"] = _check_dataset(values["dataset"], settings, f"{where}.dataset")
     if values.get("trust_remote_code") and not settings.allow_remote_code:
         raise SpecError(f"{where}.trust_remote_code=true is not allowed on this server (it runs a model "
-                        "repository's code); ask the operator to allow it.")
+                        "repository's code); ask the operator to allow it.", field=f"{where}.trust_remote_code")
     workers = values.get("num_workers")
     if workers is not None and workers > settings.max_workers:
-        raise SpecError(f"{where}.num_workers={workers} is above this server's limit of {settings.max_workers}.")
+        raise SpecError(f"{where}.num_workers={workers} is above this server's limit of {settings.max_workers}.",
+                        field=f"{where}.num_workers")
     return values
 
 
@@ -274,7 +317,7 @@ def _train(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
     config = config_from_dict({**preset, **values, **server}, source=f"preset {request.preset} with overrides")
     args = ["--config", str(path), *(f"{k}={json.dumps(v)}" for k, v in {**values, **server}.items())]
     return JobSpec(entrypoint=_command(settings, "ray_jobs.train", args), run_name=job_id,
-                   run_dir=join(settings.runs_root, job_id), total_steps=config.max_steps)
+                   run_dir=join(settings.runs_root, job_id), total_steps=config.max_steps, config=config.to_dict())
 
 
 def _tune(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
@@ -284,7 +327,8 @@ def _tune(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
     known = {f.name for f in dataclasses.fields(SweepConfig)}
     unknown = sorted(set(request.overrides) - known)
     if unknown:
-        raise SpecError(f"Unknown sweep keys {unknown}; known keys: {sorted(known - {'sweep_name', 'base_config'})}.")
+        raise SpecError(f"Unknown sweep keys {unknown}; known keys: {sorted(known - {'sweep_name', 'base_config'})}.",
+                        field=f"overrides.{unknown[0]}")
     check_types(SweepConfig, request.overrides, "overrides")
     trial = {**preset.get("overrides", {}),
              **_train_overrides(request.overrides.get("overrides", {}), settings, "overrides.overrides"),
@@ -293,28 +337,31 @@ def _tune(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
     sweep = {**preset, **request.overrides, "sweep_name": job_id, "base_config": str(base_config), "overrides": trial}
     base = yaml.safe_load(base_config.read_text()) or {}
     # The script's own validation, before anything runs: the sweep (its grid size too), then every trial's config.
-    for values in SweepConfig(**sweep).trials():
+    trials = SweepConfig(**sweep).trials()
+    for values in trials:
         config_from_dict({**base, **trial, **values}, source=f"sweep trial {values['run_name']}")
     # The sweep file is written by the job itself, on whichever node runs it.
     sweep_file = f".deepsynth/job-specs/{job_id}.yaml"
     write = (f"mkdir -p .deepsynth/job-specs && printf %s {shlex.quote(yaml.safe_dump(sweep))} > "
              f"{shlex.quote(sweep_file)}")
     return JobSpec(entrypoint=_command(settings, "ray_jobs.tune_lora", ["--config", sweep_file], before=write),
-                   run_name=job_id, run_dir=join(settings.runs_root, job_id), total_steps=None)
+                   run_name=job_id, run_dir=join(settings.runs_root, job_id), total_steps=None,
+                   config={**sweep, "trials": trials})
 
 
 def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
     if request.preset not in BENCHMARKS:
         raise SpecError(f"preset {request.preset!r} is not a benchmark; choose one of {sorted(BENCHMARKS)} "
-                        "(GET /api/datasets/benchmarks).")
+                        "(GET /api/datasets/benchmarks).", field="preset")
     known = {f.name for f in dataclasses.fields(EvalConfig)}
     unknown = sorted(set(request.overrides) - known)
     if unknown:
-        raise SpecError(f"Unknown evaluate keys {unknown}; known keys: {sorted(known)}.")
+        raise SpecError(f"Unknown evaluate keys {unknown}; known keys: {sorted(known)}.", field=f"overrides.{unknown[0]}")
     if "://" in settings.storage:
         raise SpecError("evaluate jobs need the server's storage (DEEPSYNTH_STORAGE) on a shared filesystem: "
                         "evaluation and serving load checkpoints, and write reports, as local files, and this "
-                        "server keeps runs on a cloud URI. Ask the operator to mount the storage (e.g. /data).")
+                        "server keeps runs on a cloud URI. Ask the operator to mount the storage (e.g. /data).",
+                        field="type")
     config = _construct(EvalConfig, request.overrides, "overrides")
     if config.concurrency > settings.max_workers:
         raise SpecError(f"overrides.concurrency={config.concurrency} is above this server's limit of "
@@ -322,11 +369,12 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
     args = []
     if config.checkpoint is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/step-\d{6}", config.checkpoint):
-            raise SpecError("overrides.checkpoint must be <run>/step-XXXXXX, as GET /api/training/checkpoints lists.")
+            raise SpecError("overrides.checkpoint must be <run>/step-XXXXXX, as GET /api/training/checkpoints lists.",
+                            field="overrides.checkpoint")
         checkpoint = join(settings.runs_root, config.checkpoint)
         if not (Path(checkpoint) / "meta.json").exists():
             raise SpecError(f"overrides.checkpoint {config.checkpoint!r} does not exist; "
-                            "see GET /api/training/checkpoints.")
+                            "see GET /api/training/checkpoints.", field="overrides.checkpoint")
         args += ["--checkpoint", checkpoint]
     else:
         args += ["--model", _check_model(config.model, settings, "overrides.model")]
@@ -348,26 +396,50 @@ def _evaluate(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpe
     # With Ray Data the model runs in GPU actors Ray places; without it, in the driver itself.
     num_gpus = 1 if config.device == "cuda" and not config.ray_data else 0
     return JobSpec(entrypoint=_command(settings, "ray_jobs.evaluate", args), run_name=job_id,
-                   run_dir=join(settings.storage, "evals", job_id), total_steps=None, num_gpus=num_gpus)
+                   run_dir=join(settings.storage, "evals", job_id), total_steps=None, num_gpus=num_gpus,
+                   config=dataclasses.asdict(config))
+
+
+def upload_folder(settings: JobSettings, name: str) -> str:
+    """Where `POST /api/datasets` stores the upload `name`: inside the folder its prepared dataset is written to,
+    so a purge of its prepare_dataset job removes both."""
+    return join(settings.datasets_root, name, "upload")
 
 
 def _prepare(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec:
-    if request.preset != "builtin" and request.preset not in PRESETS:
+    # `upload:<name>` is the preset only POST /api/datasets gives (JobRequest's preset grammar has no colon), so
+    # a client names an uploaded file by the name it chose, never by a path.
+    uploaded = request.preset.startswith(UPLOAD_PREFIX)
+    name = request.preset.removeprefix(UPLOAD_PREFIX) if uploaded else job_id
+    if uploaded and not NAME_PATTERN.fullmatch(name):
+        raise SpecError(f"name must be 1-64 letters, digits, '.', '_' or '-', not starting with one of the last "
+                        f"three; got {name!r}.", field="name")
+    if not uploaded and request.preset != "builtin" and request.preset not in PRESETS:
         raise SpecError(f"preset {request.preset!r} is not a dataset source; choose builtin or one of "
-                        f"{sorted(PRESETS)}.")
+                        f"{sorted(PRESETS)}.", field="preset")
     _refuse(request.overrides, {"source": "it is the preset.", "output": "datasets go under DEEPSYNTH_STORAGE.",
                                 "name": "the server names the dataset after the job (train on it with "
-                                        "dataset=prepared:<job id>)."})
+                                        "dataset=prepared:<job id>), or an upload after its name."})
+    if uploaded:
+        _refuse(request.overrides, {"text_field": "an upload's columns are mapped with its form's text_field.",
+                                    "summary_field": "an upload's columns are mapped with its form's "
+                                                     "summary_field."})
     known = {f.name for f in dataclasses.fields(PrepareConfig)} - {"source", "name"}
     unknown = sorted(set(request.overrides) - known)
     if unknown:
-        raise SpecError(f"Unknown prepare_dataset keys {unknown}; known keys: {sorted(known)}.")
-    values = {**request.overrides, "name": job_id, "source": request.preset}
+        raise SpecError(f"Unknown prepare_dataset keys {unknown}; known keys: {sorted(known)}.",
+                        field=f"overrides.{unknown[0]}")
+    source = UPLOAD_PREFIX + upload_folder(settings, name) if uploaded else request.preset
+    values = {**request.overrides, "name": name, "source": source}
     if "model" in values:
         values["model"] = _check_model(values["model"], settings, "overrides.model")
     if values.get("trust_remote_code") and not settings.allow_remote_code:
-        raise SpecError("overrides.trust_remote_code=true is not allowed on this server.")
+        raise SpecError("overrides.trust_remote_code=true is not allowed on this server.",
+                        field="overrides.trust_remote_code")
     config = _construct(PrepareConfig, values, "overrides")
+    if uploaded and not set(config.splits) <= set(UPLOAD_SPLITS):
+        raise SpecError(f"overrides.splits: an upload holds the splits {list(UPLOAD_SPLITS)}, got {config.splits}.",
+                        field="overrides.splits")
     args = ["--name", config.name, "--source", config.source, "--splits", ",".join(config.splits),
             "--seed", str(config.seed), "--layout", config.layout, "--max-pages", str(config.max_pages),
             "--long-documents", config.long_documents,
@@ -379,5 +451,6 @@ def _prepare(request: JobRequest, job_id: str, settings: JobSettings) -> JobSpec
     if config.trust_remote_code:
         args.append("--trust-remote-code")
     return JobSpec(entrypoint=_command(settings, "ray_jobs.prepare_dataset", args), run_name=config.name,
-                   run_dir=join(settings.datasets_root, config.name), total_steps=None)
+                   run_dir=join(settings.datasets_root, config.name), total_steps=None,
+                   config={**dataclasses.asdict(config), "output": settings.storage})
 

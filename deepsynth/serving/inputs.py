@@ -20,6 +20,8 @@ than DeepSeek-OCR-2's 8192).
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,9 @@ from deepsynth.serving.config import ServeConfig
 from deepsynth.serving.schemas import ServingError
 
 MAX_ASPECT_RATIO = 100
+PREVIEW_SIDE = 256
+"""Longest side of a page preview, in pixels."""
+PREVIEW_QUALITY = 80
 _ERROR_CODES = {400: "bad_document", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -129,3 +134,16 @@ def file_pages(files: Sequence[bytes], config: ServeConfig, check_sizes: SizeChe
             raise ServingError(400, "bad_document", f"Page {number} is {page.width}x{page.height} px, more than "
                                f"{MAX_ASPECT_RATIO}:1; send pages of a readable shape.")
     return pages
+
+
+def page_previews(pages: Sequence[Image.Image], max_side: int = PREVIEW_SIDE) -> list[str]:
+    """Each page scaled down to at most `max_side` pixels on its longest side (aspect kept, never enlarged), as a
+    JPEG data URL: a few kB a page, whatever the page's size."""
+    previews = []
+    for page in pages:
+        small = page.convert("RGB")
+        small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=PREVIEW_QUALITY)
+        previews.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return previews

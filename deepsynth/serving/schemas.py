@@ -55,6 +55,8 @@ MinNewTokens = Annotated[int | None, Field(ge=0, description="Tokens to write be
                                            "(0 or unset: the model may stop at once).")]
 NumBeams = Annotated[int | None, Field(ge=1, description="1 is greedy decoding; more is beam search.")]
 AdapterName = Annotated[str | None, Field(min_length=1, description="Name of a LoRA adapter from GET /v1/models.")]
+Previews = Annotated[bool, Field(description="Also return a small JPEG of every page the model saw "
+                                 "(`previews`, longest side at most 256 px).")]
 
 
 class SummarizeOptions(BaseModel):
@@ -66,6 +68,7 @@ class SummarizeOptions(BaseModel):
     min_new_tokens: MinNewTokens = None
     num_beams: NumBeams = None
     adapter: AdapterName = None
+    previews: Previews = False
 
 
 class SummarizeTextRequest(BaseModel):
@@ -78,6 +81,7 @@ class SummarizeTextRequest(BaseModel):
     min_new_tokens: MinNewTokens = None
     num_beams: NumBeams = None
     adapter: AdapterName = None
+    previews: Previews = False
 
     @field_validator("text")
     @classmethod
@@ -119,6 +123,9 @@ class SummarizeResponse(BaseModel):
     model: str
     adapter: str | None
     usage: Usage
+    previews: list[str] | None = None
+    """With `previews: true`: each page the model saw, in order, as a `data:image/jpeg;base64,...` URL of at most
+    256 px on its longest side (one per page, so at most the server's max_pages); None otherwise."""
 
 
 class AdapterInfo(BaseModel):

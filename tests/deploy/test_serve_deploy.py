@@ -1,4 +1,4 @@
-"""`serve deploy serve/config.yaml` on a Ray head started with the CLI (token auth on) brings both apps up.
+"""`serve deploy serve/config.yaml` on a Ray head started with the CLI (token auth on) brings its three apps up.
 
 It runs on a cluster of its own: `serve deploy` is declarative and the session's shared cluster
 holds applications deployed imperatively with `serve.run`. Only the HTTP address of the config is
@@ -106,8 +106,8 @@ def _all_up(url: str, status) -> bool:
     failed = {name: app for name, app in apps.items() if app[0] == "DEPLOY_FAILED"}
     assert not failed, f"Serve could not deploy {failed}"
     # An ingress answers /healthz before the model deployment behind it is up; RUNNING means all are.
-    running = len(apps) == 2 and all(app[0] == "RUNNING" for app in apps.values())
-    return running and _ok(f"{url}/healthz") and _ok(f"{url}/api/healthz")
+    running = len(apps) == 3 and all(app[0] == "RUNNING" for app in apps.values())
+    return running and _ok(f"{url}/healthz") and _ok(f"{url}/api/healthz") and _ok(f"{url}/ui/")
 
 
 def test_serve_deploy_brings_both_apps_up_on_their_routes(deployed):
@@ -123,6 +123,6 @@ def test_serve_deploy_brings_both_apps_up_on_their_routes(deployed):
     except AssertionError as err:
         raise AssertionError(f"{err}; Serve says {status()}") from None
     routes = {name: (state, prefix) for name, (state, prefix, _) in status().items()}
-    assert routes == {"summarizer": ("RUNNING", "/"), "jobs": ("RUNNING", "/api")}
+    assert routes == {"summarizer": ("RUNNING", "/"), "jobs": ("RUNNING", "/api"), "console": ("RUNNING", "/ui")}
     assert requests.get(applications, timeout=10).status_code == 401, (
         "the dashboard of a token-auth cluster refuses requests without the token")

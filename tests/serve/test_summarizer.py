@@ -243,6 +243,50 @@ def test_text_png_and_pdf_give_summaries_with_consistent_usage(url, family):
     assert usage["visual_tokens"] == sum(family.count_visual_tokens(*p.size) for p in pdf_pages)
 
 
+def _preview(data_url: str) -> Image.Image:
+    import base64
+
+    head, _, payload = data_url.partition(",")
+    assert head == "data:image/jpeg;base64", head
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    assert image.format == "JPEG"
+    return image.convert("RGB")
+
+
+def _distance(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute pixel difference (0-255) of two images of one size."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
+
+
+def test_previews_show_the_pages_the_model_saw(url):
+    text = " ".join(doc["text"] for doc in generate_corpus("test", 3, seed=5))[:MAX_TEXT]
+    pages = render_pages(text, LAYOUTS["ocr2-page"], MAX_PAGES)
+    assert len(pages) >= 2
+    answer = _summarize(url, json={"text": text, "max_new_tokens": 4, "previews": True})
+    assert answer.status_code == 200, answer.text
+    previews = [_preview(p) for p in answer.json()["previews"]]
+    assert len(previews) == answer.json()["usage"]["pages"] == len(pages)
+    for page, preview in zip(pages, previews):
+        assert max(preview.size) == 256 and abs(preview.size[0] / preview.size[1] - page.size[0] / page.size[1]) < 0.02
+    # Each preview is its own page scaled down (JPEG is lossy, so close, not equal) and not another page.
+    expected = [page.convert("RGB").resize(previews[0].size, Image.Resampling.LANCZOS) for page in pages]
+    assert _distance(previews[0], expected[0]) < 4 and _distance(previews[1], expected[1]) < 4
+    assert _distance(previews[0], expected[1]) > 2 * _distance(previews[0], expected[0])
+    assert len(answer.text) < 30_000 * len(pages), "a few kB a page"
+
+    pdf_pages = [render_pages(doc["text"], LAYOUTS["ocr2-a4"])[0] for doc in generate_corpus("test", 2, seed=6)]
+    pdf = _summarize(url, files=[("file", ("doc.pdf", pdf_bytes(pdf_pages), "application/pdf"))],
+                     data={"max_new_tokens": "4", "previews": "true"})
+    assert pdf.status_code == 200, pdf.text
+    assert [max(_preview(p).size) for p in pdf.json()["previews"]] == [256, 256]
+
+    assert _summarize(url, json={"text": text, "max_new_tokens": 4}).json()["previews"] is None, "only when asked"
+    bad = _summarize(url, json={"text": text, "previews": "sometimes"})
+    assert bad.status_code == 422 and "previews" in bad.json()["detail"], bad.text
+
+
 def test_min_new_tokens_keeps_the_model_writing_and_must_not_exceed_the_maximum(url):
     text = generate_corpus("test", 1, seed=11)[0]["text"]
     written = _summarize(url, json={"text": text, "min_new_tokens": 6, "max_new_tokens": 8})
