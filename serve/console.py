@@ -22,9 +22,11 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import deepsynth
 from deepsynth.logs import serve_logging_config
 
-CONSOLE_DIR = Path(__file__).resolve().parent.parent / "deepsynth" / "console"
+# From the installed package (its package data), not from beside this file: `serve/` is not installed.
+CONSOLE_DIR = Path(deepsynth.__file__).resolve().parent / "console"
 FILES = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
 # Same-origin only: the module, the stylesheet and API calls come from this server; page previews are data: URLs.
 SECURITY_HEADERS = {

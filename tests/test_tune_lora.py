@@ -11,6 +11,7 @@ from deepsynth.training.sweep import SweepConfig
 from ray_jobs import tune_lora
 
 
+@pytest.mark.slow  # a real 3-trial sweep, about 1.5 minutes; the sweep's config, table and trial records are tested without it
 def test_rank_sweep_finishes_with_a_table_and_a_best_checkpoint_then_reports_it_again(
     ray_cluster, tiny_model_dir, tmp_path
 ):

@@ -92,7 +92,11 @@ def test_prometheus_endpoint_has_the_summarizer_metrics_per_adapter(served):
         samples = [s for s in scrape_cluster() if "deepsynth_summarizer" in s[0]]
         seen = {(name, labels.get("adapter"), labels.get("status")): value for name, labels, value in samples}
         nonzero = {name for (name, _, _), value in seen.items() if value > 0}
-        if all(any(n.startswith("ray_" + metric) for n in nonzero) for metric in SUMMARIZER_METRICS):
+        labelled = {(adapter, status) for (name, adapter, status), value in seen.items()
+                    if name.startswith("ray_deepsynth_summarizer_requests") and value > 0}
+        # Each series is exported on its own schedule: wait for all of them, every adapter's included.
+        if all(any(n.startswith("ray_" + metric) for n in nonzero) for metric in SUMMARIZER_METRICS) and \
+                {("", "200"), ("legal", "200"), ("", "404")} <= labelled:
             break
         time.sleep(2)
     names = {name for name, _, _ in seen}

@@ -473,6 +473,27 @@ def test_a_stalled_body_is_408_within_the_body_timeout(url):
     assert requests.get(f"{url}/healthz", timeout=2).status_code == 200
 
 
+def test_connections_that_trickle_their_headers_do_not_stall_other_requests(url):
+    # Ray Serve's uvicorn has no header-read timeout (docs/serving.md, Security), so these connections
+    # are held, not refused; what must hold is that everyone else is still served at once.
+    host, port = url.removeprefix("http://").split(":")
+    trickling = [socket.create_connection((host, int(port)), timeout=10) for _ in range(64)]
+    try:
+        for conn in trickling:
+            conn.sendall(b"POST /v1/summarize HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(3):
+            time.sleep(0.3)
+            for conn in trickling:
+                conn.sendall(b"a")
+            health = requests.get(f"{url}/healthz", timeout=2)
+            assert health.status_code == 200 and health.elapsed.total_seconds() < 1, health.elapsed
+        response = _summarize(url, json={"text": TEXT, "max_new_tokens": 4})
+        assert response.status_code == 200 and response.elapsed.total_seconds() < 5, response.text
+    finally:
+        for conn in trickling:
+            conn.close()
+
+
 def _giant_pdf(pages: int) -> bytes:
     """Blank pages of 200 x 200 inches: 28800 px square each at 144 dpi."""
     pdf = pypdfium2.PdfDocument.new()

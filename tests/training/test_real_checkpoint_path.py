@@ -47,6 +47,7 @@ def test_overlong_documents_are_skipped_counted_and_never_fatal(ray_cluster, tin
     assert records(tmp_path, "long")[0]["skipped_documents"] == 2
 
 
+@pytest.mark.slow  # a 2-worker and a 1-worker run, about 50 s
 def test_uneven_validation_shards_run_in_step_and_score_only_real_documents(ray_cluster, tiny_model_dir, tmp_path):
     # 7 documents over 2 workers in batches of 3: rank 0 has 2 batches (3 + 1), rank 1 one (3), so rank 1
     # pads. Unpadded, DDP's buffer broadcast in the second forward would wait for rank 1 forever.
@@ -59,6 +60,7 @@ def test_uneven_validation_shards_run_in_step_and_score_only_real_documents(ray_
     assert initial_two == pytest.approx(initial_one, rel=1e-6)
 
 
+@pytest.mark.slow  # a run and its resume, about 1 minute
 def test_fp16_trains_with_loss_scaling_and_resumes_the_scaler(ray_cluster, tiny_model_dir, tmp_path):
     summary = run(tmp_path, tiny_model_dir, "run_name=fp16", "precision=fp16", "num_workers=1", "max_steps=2",
                   "eval_every=2", "log_every=1", "mode=full")

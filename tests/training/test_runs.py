@@ -189,6 +189,7 @@ def straight(ray_cluster, tiny_model_dir, tmp_path_factory):
     return out, common
 
 
+@pytest.mark.slow  # about 2 minutes; the exact stop after step k below checks the same resume bitwise in the default suite
 def test_stop_by_signal_then_resume_matches_an_uninterrupted_run(ray_cluster, straight):
     # Enough steps after the signal (sent at step 2) that the stop lands mid-run: a tiny-model step
     # takes ~0.05 s on a quiet machine, less than the signal's trip to the workers.

@@ -93,6 +93,7 @@ def offline_tracking(tmp_path, monkeypatch):
     return env
 
 
+@pytest.mark.slow  # two runs with both trackers, about 75 s
 def test_mlflow_and_wandb_record_the_run_and_a_resume_continues_both(ray_cluster, tiny_model_dir, tmp_path,
                                                                        offline_tracking):
     from mlflow.tracking import MlflowClient
@@ -163,6 +164,7 @@ def test_gpu_fields_report_allocator_memory_and_utilisation():
     del held
 
 
+@pytest.mark.slow  # a training job of its own, about 45 s
 def test_json_logs_of_a_training_job(ray_cluster, tiny_model_dir, tmp_path):
     """Every line the driver writes is a JSON record; the workers' records carry run name, rank and step."""
     command = [sys.executable, "-m", "ray_jobs.train", "--config", SMOKE, f"storage_path={tmp_path}",
