@@ -95,6 +95,15 @@ def _page_prefix(num_pages: int) -> str:
     return f"{IMAGE_TOKEN}\n" * num_pages
 
 
+def _concat_vision(items: Sequence[PromptInputs], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`keys` concatenated over the examples in order, and the crops (`pixel_values_local`) of those that have any."""
+    merged = {key: torch.cat([it.vision[key] for it in items]) for key in keys}
+    local = [it.vision["pixel_values_local"] for it in items if "pixel_values_local" in it.vision]
+    if local:
+        merged["pixel_values_local"] = torch.cat(local)
+    return merged
+
+
 class Ocr2Family:
     """DeepSeek-OCR-2 through transformers' native `DeepseekOcr2Processor`."""
 
@@ -124,14 +133,7 @@ class Ocr2Family:
     def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]:
         # The model scatters image features into placeholder positions in order, so pages are
         # concatenated example by example, exactly as the input_ids list them.
-        merged = {
-            "pixel_values": torch.cat([it.vision["pixel_values"] for it in items]),
-            "num_local_patches": torch.cat([it.vision["num_local_patches"] for it in items]),
-        }
-        local = [it.vision["pixel_values_local"] for it in items if "pixel_values_local" in it.vision]
-        if local:
-            merged["pixel_values_local"] = torch.cat(local)
-        return merged
+        return _concat_vision(items, ("pixel_values", "num_local_patches"))
 
     def count_visual_tokens(self, width: int, height: int) -> int:
         return self.geometry.visual_tokens(width, height)
@@ -232,14 +234,7 @@ class V1Family:
     def merge_vision(self, items: Sequence[PromptInputs], input_ids: torch.Tensor) -> dict[str, Any]:
         # The model lays out each example's crops (in order, `images_spatial_crop` says how many)
         # and its global view into that example's <image> positions.
-        merged = {
-            "pixel_values": torch.cat([it.vision["pixel_values"] for it in items]),
-            "images_spatial_crop": torch.cat([it.vision["images_spatial_crop"] for it in items]),
-        }
-        local = [it.vision["pixel_values_local"] for it in items if "pixel_values_local" in it.vision]
-        if local:
-            merged["pixel_values_local"] = torch.cat(local)
-        return merged
+        return _concat_vision(items, ("pixel_values", "images_spatial_crop"))
 
     @staticmethod
     def vision_parts(model: nn.Module, include_projector: bool) -> dict[str, nn.Module | nn.Parameter]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from polling import wait_for
 from ray import serve
 
 from deepsynth.jobs.store import JobStore, new_job_id
@@ -50,16 +51,6 @@ def call(api, method: str, path: str, headers: dict | None = AUTH, **kwargs) -> 
     assert response.headers["content-type"].startswith("application/json"), response.text
     assert CANARY not in response.text and API_TOKEN not in response.text
     return response
-
-
-def wait_for(fetch, done, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fetch()
-        if done(value):
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {getattr(value, 'text', value)}")
 
 
 def run_job(api, body: dict, timeout: float) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
+from polling import wait_for
 from ray import serve
 from ray.job_submission import JobSubmissionClient
 
@@ -39,17 +39,6 @@ class Recorder:
         response = requests.request(method, self.base + path, headers=headers, timeout=60, **kwargs)
         self.bodies.append(response.text + json.dumps(dict(response.headers)))
         return response
-
-
-def wait_for(fetch, done, timeout: float, what: str, describe=lambda: ""):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fetch()
-        if done(value):
-            return value
-        time.sleep(0.5)
-    last = value.text if isinstance(value, requests.Response) else value
-    raise AssertionError(f"timed out waiting for {what}; last: {last}\n{describe()}")
 
 
 @pytest.fixture(scope="module")
